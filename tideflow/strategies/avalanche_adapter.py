@@ -1,0 +1,226 @@
+"""Any Avalanche `SupervisedTemplate` strategy as a tideflow strategy.
+
+Each batch becomes one small Avalanche experience: a classification dataset of
+the batch's rows, trained on with the strategy's own loop and plugins
+(Naive, Replay, EWC, LwF, ... by name, or any factory returning a
+`SupervisedTemplate`). Prediction is the model's argmax in eval mode.
+
+Departures, and why:
+
+* Avalanche shuffles minibatches with torch's global generator; we reseed it
+  from (seed, number of batches learned) before every ``train`` call so that
+  the same stream gives the same model in any process (the local and the Ray
+  runner must agree exactly).
+* ``snapshot`` holds the model's and the optimiser's state dicts. Plugin
+  memories (the replay buffer, EWC's importances, LwF's previous model) are not
+  in it yet: a restored Replay/EWC/LwF strategy predicts identically but starts
+  with an empty memory.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from tideflow.stream.batch import Batch
+from tideflow.strategies.base import SchemaError, StepReport, Strategy
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_mlp(n_inputs: int, n_classes: int, hidden: int) -> Any:
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(n_inputs, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+
+class AvalancheStrategy(Strategy):
+    """Adapter over an Avalanche supervised strategy (classification).
+
+    Args:
+        strategy: an ``avalanche.training`` class name (``"Naive"``, ``"Replay"``,
+            ``"EWC"``, ``"LwF"``, ...) or a callable
+            ``(model, optimizer, criterion, device) -> SupervisedTemplate``.
+        n_classes: number of classes of the target.
+        target / features: columns (default: the schema's); features may be
+            scalar columns or one tensor column (flattened).
+        hidden: width of the default one-hidden-layer MLP.
+        model: optional ``callable(n_inputs, n_classes) -> nn.Module``.
+        lr: SGD learning rate.  epochs: passes over each batch.  mb_size: minibatch size.
+        strategy_kwargs: extra arguments of the Avalanche strategy (e.g. ``mem_size``).
+        seed: seeds the model's initial weights and the minibatch shuffling.
+        device: ``"auto"`` (CUDA when this process has a GPU), ``"cpu"`` or ``"cuda"``.
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        strategy: str | Callable[..., Any] = "Naive",
+        *,
+        n_classes: int,
+        target: str | None = None,
+        features: list[str] | None = None,
+        hidden: int = 64,
+        model: Callable[[int, int], Any] | None = None,
+        lr: float = 0.05,
+        epochs: int = 1,
+        mb_size: int = 32,
+        strategy_kwargs: dict[str, Any] | None = None,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> None:
+        self.strategy = strategy
+        self.n_classes = n_classes
+        self.target = target
+        self.features = list(features) if features is not None else None
+        self.hidden = hidden
+        self.model = model
+        self.lr = lr
+        self.epochs = epochs
+        self.mb_size = mb_size
+        self.strategy_kwargs = dict(strategy_kwargs or {})
+        self.seed = seed
+        self.device = device
+        self._template: Any = None
+        self._net: Any = None
+        self._optimizer: Any = None
+        self.n_batches = 0
+        self.n_learned = 0
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return {"strategy": "Naive", "n_classes": 2, "hidden": 8}
+
+    def describe(self) -> str:
+        name = self.strategy if isinstance(self.strategy, str) else getattr(self.strategy, "__name__", "custom")
+        return f"AvalancheStrategy({name}, n_classes={self.n_classes}, hidden={self.hidden}, lr={self.lr})"
+
+    # -- model ----------------------------------------------------------------------
+    def _inputs(self, batch: Batch) -> np.ndarray:
+        assert self.features is not None
+        return batch.features(self.features, dtype=np.float32)
+
+    def _build(self, n_inputs: int) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(self.seed)
+        net = (self.model or (lambda d, k: default_mlp(d, k, self.hidden)))(n_inputs, self.n_classes)
+        device = pick_device(self.device)
+        self._net = net.to(device)
+        self._optimizer = torch.optim.SGD(self._net.parameters(), lr=self.lr)
+        criterion = nn.CrossEntropyLoss()
+        if callable(self.strategy):
+            self._template = self.strategy(self._net, self._optimizer, criterion, device)
+            return
+        from avalanche import training
+        from avalanche.training.plugins import EvaluationPlugin
+
+        cls = getattr(training, self.strategy, None)
+        if cls is None:
+            raise ValueError(f"avalanche.training has no strategy {self.strategy!r}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._template = cls(
+                model=self._net,
+                optimizer=self._optimizer,
+                criterion=criterion,
+                train_mb_size=self.mb_size,
+                train_epochs=self.epochs,
+                device=device,
+                evaluator=EvaluationPlugin(),
+                eval_every=-1,
+                **self.strategy_kwargs,
+            )
+
+    def _ensure(self, batch: Batch) -> None:
+        if self._net is None:
+            self._build(self._inputs(batch.slice(0, 1)).shape[1])
+
+    # -- the contract -------------------------------------------------------------
+    def learn(self, batch: Batch) -> StepReport:
+        if not len(batch):
+            return StepReport()
+        import torch
+        from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+        from avalanche.benchmarks.utils import DataAttribute
+        from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+        from torch.utils.data import TensorDataset
+
+        self._check_columns(batch, need_target=True)
+        assert self.target is not None
+        start = time.perf_counter()
+        self._ensure(batch)
+        x = torch.from_numpy(self._inputs(batch))
+        y = torch.from_numpy(batch.numpy(self.target).astype(np.int64))
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise SchemaError(f"AvalancheStrategy: labels outside 0..{self.n_classes - 1}")
+        tasks = torch.zeros(len(y), dtype=torch.long)
+        data = ClassificationDataset(
+            [TensorDataset(x, y)],
+            data_attributes=[
+                DataAttribute(y, "targets"),
+                DataAttribute(tasks, "targets_task_labels", use_in_getitem=True),
+            ],
+        )
+        experience = benchmark_from_datasets(train=[data]).train_stream[0]
+        torch.manual_seed(self.seed * 1_000_003 + self.n_batches)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._template.train(experience)
+        self.n_batches += 1
+        self.n_learned += len(batch)
+        return StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start)
+
+    def predict(self, batch: Batch) -> pa.Array:
+        if not len(batch):
+            return pa.array([], type=pa.int64())
+        import torch
+
+        self._check_columns(batch, need_target=False)
+        self._ensure(batch)
+        device = next(self._net.parameters()).device
+        was_training = self._net.training
+        self._net.eval()
+        with torch.no_grad():
+            logits = self._net(torch.from_numpy(self._inputs(batch)).to(device))
+        self._net.train(was_training)
+        return pa.array(logits.argmax(dim=1).cpu().numpy().astype(np.int64))
+
+    def snapshot(self) -> dict[str, Any]:
+        if self._net is None:
+            return {"built": False, "n_batches": self.n_batches, "n_learned": self.n_learned}
+        to_cpu = lambda sd: {k: (v.detach().cpu().clone() if hasattr(v, "detach") else v) for k, v in sd.items()}  # noqa: E731
+        first = next(self._net.parameters())
+        return {
+            "built": True,
+            "n_inputs": int(first.shape[1]) if first.dim() == 2 else None,
+            "model": to_cpu(self._net.state_dict()),
+            "optimizer": self._optimizer.state_dict(),
+            "n_batches": self.n_batches,
+            "n_learned": self.n_learned,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.n_batches = state["n_batches"]
+        self.n_learned = state["n_learned"]
+        if not state["built"]:
+            self._net = self._template = self._optimizer = None
+            return
+        if self._net is None:
+            if state["n_inputs"] is None:
+                raise ValueError("cannot rebuild a custom model whose input width is unknown; build it first")
+            self._build(state["n_inputs"])
+        self._net.load_state_dict(state["model"])
+        self._optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,105 @@
+"""The `Strategy` contract: a continual learner that learns from and predicts on batches.
+
+A strategy is an operator (``snapshot``/``restore`` of plain data) with three
+more methods (DESIGN.md section 3):
+
+* ``learn(batch) -> StepReport``: one update on a batch;
+* ``predict(batch) -> pa.Array``: one prediction per row, no side effects;
+* ``on_drift(event)``: optional reaction to a drift detector upstream.
+
+A strategy knows its ``target`` column and its ``features``; either may be left
+unset and is then taken from the pipeline's schema by ``bind``. A strategy that
+ends up without a target is a graph error, reported before anything runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from tideflow.stream.batch import Batch
+from tideflow.stream.drift import DriftEvent
+from tideflow.stream.operator import Operator
+from tideflow.stream.schema import Schema
+
+
+@dataclass
+class StepReport:
+    """What one ``learn`` call did, for compute accounting."""
+
+    samples: int = 0
+    fits: int = 0
+    train_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SchemaError(ValueError):
+    """A batch or schema does not fit what a strategy needs."""
+
+
+class Strategy(Operator):
+    """Base class of every continual learner (see module docstring)."""
+
+    kind = "strategy"
+    checkable = False
+    #: "regression" or "classification": picks the prequential metrics
+    task: ClassVar[str] = "regression"
+
+    target: str | None
+    features: list[str] | None
+
+    # -- schema binding -------------------------------------------------------------
+    def bind(self, schema: Schema) -> None:
+        """Take target and features from ``schema`` where the strategy left them unset."""
+        if self.target is None:
+            self.target = schema.target
+        if self.target is None:
+            raise SchemaError(f"{type(self).__name__} has no target column and the schema declares none")
+        if self.target not in schema.fields:
+            raise SchemaError(
+                f"{type(self).__name__}: target column {self.target!r} is not in the schema ({schema.names})"
+            )
+        if self.features is None:
+            self.features = [n for n in schema.feature_names if n != self.target]
+        missing = [f for f in self.features if f not in schema.fields]
+        if missing:
+            raise SchemaError(f"{type(self).__name__}: feature columns {missing} are not in the schema")
+
+    def _check_columns(self, batch: Batch, need_target: bool) -> None:
+        if self.target is None or self.features is None:
+            raise SchemaError(f"{type(self).__name__} is not bound to a schema: call bind(schema) first")
+        need = list(self.features) + ([self.target] if need_target else [])
+        missing = [c for c in need if c not in batch.column_names]
+        if missing:
+            raise SchemaError(
+                f"{type(self).__name__}: batch lacks columns {missing}; it has {batch.column_names}"
+            )
+
+    # -- the contract -------------------------------------------------------------
+    def learn(self, batch: Batch) -> StepReport:
+        raise NotImplementedError
+
+    def predict(self, batch: Batch) -> pa.Array:
+        raise NotImplementedError
+
+    def on_drift(self, event: DriftEvent) -> None:
+        """React to a detector; the default ignores it."""
+
+    def process(self, batch: Batch) -> Batch | None:
+        self.learn(batch)
+        return batch
+
+
+def timed_report(samples: int, start: float, fits: int = 1) -> StepReport:
+    return StepReport(samples=samples, fits=fits if samples else 0, train_seconds=time.perf_counter() - start)
+
+
+def labels(batch: Batch, target: str) -> np.ndarray:
+    return batch.numpy(target)

@@ -1,0 +1,275 @@
+"""Schema validation with a quarantine: bad rows are kept and counted, never dropped.
+
+`Validate` checks every batch against a `Schema`. Rows that cannot be made to
+fit go to quarantine, each with a reason:
+
+======================  =====================================================
+``missing_field``       a declared column is absent (every row of the batch)
+``extra_field``         an undeclared column is present (with ``extra="quarantine"``)
+``wrong_type``          a value that cannot be cast safely to the declared type
+``wrong_shape``         a tensor column whose shape differs from the declared one
+``null``                a null in a non-nullable column
+``nan`` / ``inf``       a non-finite float where the field does not allow it
+``duplicate_offset``    an offset already seen (repeated delivery)
+``out_of_order_offset`` an offset lower than one already accepted
+======================  =====================================================
+
+Quarantined rows travel as a small Arrow table (offset, reason, detail and the
+row as JSON, so that rows whose types are wrong can still be stored) and end in
+the run's quarantine file and counts. The valid rows go on, cast to the schema.
+
+>>> from tideflow.stream.schema import Schema
+>>> v = Validate(Schema({"x": "float64", "y": "int64"}, target="y"))
+>>> good = v.process(Batch.from_pydict({"x": [1.0, float("nan"), 3.0], "y": [0, 1, 1]}))
+>>> len(good), v.counts
+(2, {'nan': 1})
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tideflow.stream.batch import OFFSET, Batch, is_tensor_type
+from tideflow.stream.operator import Operator, SideOutput
+from tideflow.stream.schema import Schema
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("stream_id", pa.string()),
+        pa.field("offset", pa.int64()),
+        pa.field("step", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("row", pa.string()),
+    ]
+)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def _row_json(row: dict[str, Any]) -> str:
+    clean = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    return json.dumps(clean, default=_json_default, allow_nan=False)
+
+
+def quarantine_table(
+    batch: Batch, rows: np.ndarray, reasons: list[str], details: list[str], step: str
+) -> pa.Table:
+    """Quarantine records for ``rows`` (indices into ``batch``)."""
+    sub = batch.data.take(pa.array(rows, type=pa.int64())).to_pylist() if len(rows) else []
+    offsets = [r.get(OFFSET) for r in sub]
+    return pa.table(
+        {
+            "stream_id": [batch.stream_id] * len(sub),
+            "offset": pa.array(offsets, type=pa.int64()),
+            "step": [step] * len(sub),
+            "reason": reasons,
+            "detail": details,
+            "row": [_row_json(r) for r in sub],
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
+def _cast_rowwise(col: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """Cast value by value; returns the cast column (nulls where it failed) and a failure mask."""
+    values = col.to_pylist()
+    failed = np.zeros(len(values), dtype=bool)
+    out: list[Any] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(pa.scalar(v).cast(target, safe=True).as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError):
+            if pa.types.is_floating(target) and isinstance(v, str):
+                try:
+                    out.append(float(v))
+                    continue
+                except ValueError:
+                    pass
+            failed[i] = True
+            out.append(None)
+    return pa.array(out, type=target), failed
+
+
+class Validate(Operator):
+    """Check batches against a schema; quarantine what does not fit (see module docstring).
+
+    Args:
+        schema: the expected columns and their roles.
+        extra: what to do with undeclared columns: ``"quarantine"`` every row of
+            the batch (default), or ``"drop"`` the column (counted as
+            ``extra_field_dropped``).
+        check_offsets: quarantine duplicate and out-of-order offsets.
+        name: the step name written into quarantine records.
+    """
+
+    kind = "validate"
+
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        extra: str = "quarantine",
+        check_offsets: bool = True,
+        name: str = "validate",
+    ) -> None:
+        if extra not in ("quarantine", "drop"):
+            raise ValueError(f"extra must be 'quarantine' or 'drop', got {extra!r}")
+        self.schema = schema
+        self.extra = extra
+        self.check_offsets = check_offsets
+        self.name = name
+        self.counts: dict[str, int] = {}
+        self.rows_in = 0
+        self.rows_out = 0
+        self._last_offset: dict[str, int] = {}
+        self._pending: list[pa.Table] = []
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return {"schema": Schema({"x": "float64", "y": "float64"}, target="y")}
+
+    def _count(self, reasons: list[str]) -> None:
+        c = Counter(self.counts)
+        c.update(reasons)
+        self.counts = dict(c)
+
+    def process(self, batch: Batch) -> Batch | None:
+        n = len(batch)
+        self.rows_in += n
+        if n == 0:
+            return batch
+        bad = np.zeros(n, dtype=bool)
+        reason = np.empty(n, dtype=object)
+        detail = np.empty(n, dtype=object)
+
+        def mark(mask: np.ndarray, why: str, what: str) -> None:
+            new = mask & ~bad
+            reason[new] = why
+            detail[new] = what
+            bad[mask] = True
+
+        names = set(batch.column_names)
+        missing = [f for f in self.schema.fields if f not in names]
+        extra = sorted(names - set(self.schema.fields) - {OFFSET})
+        if missing:
+            mark(np.ones(n, dtype=bool), "missing_field", ",".join(missing))
+        if extra and self.extra == "quarantine":
+            mark(np.ones(n, dtype=bool), "extra_field", ",".join(extra))
+        elif extra:
+            self._count(["extra_field_dropped"] * len(extra))
+
+        columns: dict[str, pa.Array] = {}
+        for fname, fld in self.schema.fields.items():
+            if fname not in names:
+                continue
+            col = batch.column(fname)
+            if is_tensor_type(fld.type):
+                if not is_tensor_type(col.type) or list(col.type.shape) != list(fld.type.shape):
+                    mark(np.ones(n, dtype=bool), "wrong_shape", f"{fname}: {col.type} != {fld.type}")
+                    continue
+                if col.type.value_type != fld.type.value_type:
+                    arr = col.to_numpy_ndarray().astype(fld.type.value_type.to_pandas_dtype())
+                    col = pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
+                if not fld.allow_nonfinite and pa.types.is_floating(fld.type.value_type):
+                    values = col.to_numpy_ndarray().reshape(n, -1)
+                    mark(np.isnan(values).any(axis=1), "nan", fname)
+                    mark(np.isinf(values).any(axis=1), "inf", fname)
+                columns[fname] = col
+                continue
+            if col.type != fld.type:
+                try:
+                    col = pc.cast(col, fld.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    col, failed = _cast_rowwise(col, fld.type)
+                    mark(failed, "wrong_type", f"{fname}: not {fld.type}")
+            if not fld.nullable and col.null_count:
+                mark(col.is_null().to_numpy(zero_copy_only=False), "null", fname)
+            if pa.types.is_floating(fld.type) and not fld.allow_nonfinite:
+                values = col.to_numpy(zero_copy_only=False)
+                with np.errstate(invalid="ignore"):
+                    mark(np.isnan(values) & ~col.is_null().to_numpy(zero_copy_only=False), "nan", fname)
+                    mark(np.isinf(values), "inf", fname)
+            columns[fname] = col
+
+        if self.check_offsets:
+            offsets = batch.offsets
+            last = self._last_offset.get(batch.stream_id)
+            seen_in_batch: set[int] = set()
+            running = last
+            for i, off in enumerate(offsets):
+                off = int(off)
+                if off in seen_in_batch or (last is not None and off == last):
+                    mark(_one(n, i), "duplicate_offset", str(off))
+                elif running is not None and off < running:
+                    mark(_one(n, i), "out_of_order_offset", f"{off} < {running}")
+                elif not bad[i]:
+                    running = off
+                seen_in_batch.add(off)
+            # the highest offset accepted, or kept out for a reason of its own, moves the mark
+            if running is not None:
+                self._last_offset[batch.stream_id] = running
+
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            self._pending.append(
+                quarantine_table(batch, idx, list(reason[idx]), list(detail[idx]), self.name)
+            )
+            self._count(list(reason[idx]))
+        good = ~bad
+        if not good.any():
+            return None
+        ordered = [batch.column(OFFSET)] + [columns[f] for f in self.schema.fields]
+        data = pa.RecordBatch.from_arrays(ordered, schema=self.schema.arrow_schema())
+        if bad.any():
+            data = data.filter(pa.array(good))
+        self.rows_out += data.num_rows
+        return Batch(data, batch.stream_id)
+
+    def drain(self) -> SideOutput:
+        out = SideOutput(quarantine=self._pending)
+        self._pending = []
+        return out
+
+    @property
+    def quarantined(self) -> int:
+        return sum(v for k, v in self.counts.items() if k != "extra_field_dropped")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "last_offset": dict(self._last_offset),
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.counts = dict(state["counts"])
+        self._last_offset = dict(state["last_offset"])
+        self.rows_in = state["rows_in"]
+        self.rows_out = state["rows_out"]
+        self._pending = []
+
+
+def _one(n: int, i: int) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    m[i] = True
+    return m
