@@ -1,0 +1,32 @@
+"""tideflow: continual and streaming learning pipelines on Arrow batches, Ray actors and MLflow.
+
+The public API: build a `Pipeline` from a `Source`, steps (`Validate`,
+`DetectDrift`, any `Operator`), strategies (`RiverStrategy`,
+`AvalancheStrategy`, ...) and sinks, then ``run`` it on the ``local`` or the
+``ray`` runner.
+"""
+
+from __future__ import annotations
+
+from tideflow.connectors.base import MemorySink, Sink, Source
+from tideflow.connectors.synthetic import SyntheticSource, source_from_spec
+from tideflow.pipelines.dsl import Pipeline
+from tideflow.pipelines.graph import Graph, GraphError, Keyed
+from tideflow.pipelines.run import RunResult, run_graph
+from tideflow.stream.batch import Batch, tensor_array
+from tideflow.stream.drift import DetectDrift, DriftEvent
+from tideflow.stream.operator import Operator
+from tideflow.stream.schema import Field, Schema, Tensor
+from tideflow.stream.validate import Validate
+from tideflow.strategies.avalanche_adapter import AvalancheStrategy
+from tideflow.strategies.base import StepReport, Strategy
+from tideflow.strategies.river_adapter import RiverStrategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AvalancheStrategy", "Batch", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
+    "MemorySink", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
+    "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
+    "tensor_array",
+]

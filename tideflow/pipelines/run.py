@@ -1,0 +1,386 @@
+"""Running a graph: the driver loop shared by the runners, results, tracking, summary.
+
+`run_graph` picks a runner (``local``: every step in this process; ``ray``: one
+actor per step, see `tideflow.pipelines.ray_runner`). Both hand the driver the
+same three things per batch, in stream order: the rows read, the side outputs of
+the data-path steps (quarantined rows, drift events), and each learn step's
+`LearnResult`. The `Collector` below turns those into per-batch metrics, the run
+summary, the quarantine file and MLflow records, identically for both runners.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from tideflow.pipelines.evaluation import Learner, LearnResult, Scores
+from tideflow.pipelines.graph import Graph
+from tideflow.stream.drift import DriftEvent
+from tideflow.stream.operator import SideOutput
+from tideflow.stream.validate import QUARANTINE_SCHEMA
+
+
+@dataclass
+class RunResult:
+    """What a pipeline run produced."""
+
+    pipeline: str
+    runner: str
+    summary: dict[str, dict[str, Any]]
+    per_batch: dict[str, list[dict[str, Any]]]
+    quarantine: dict[str, int]
+    drift_events: list[DriftEvent]
+    rows: int
+    batches: int
+    seconds: float
+    output_dir: Path
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def quarantined(self) -> int:
+        return sum(v for k, v in self.quarantine.items() if k != "extra_field_dropped")
+
+
+class QuarantineWriter:
+    """Appends quarantined rows to an Arrow IPC file in the run's folder (opened on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pa.ipc.new_stream(str(self.path), QUARANTINE_SCHEMA)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class Collector:
+    """Driver-side bookkeeping of one run (see module docstring)."""
+
+    def __init__(self, graph: Graph, *, tracker: Any, output_dir: Path, progress: Any) -> None:
+        self.graph = graph
+        self.tracker = tracker
+        self.output_dir = output_dir
+        self.progress = progress
+        self.tasks = {s.name: s.op.task for s in graph.learners}
+        self.totals = {s.name: Scores() for s in graph.learners}
+        self.compute = {s.name: {"samples": 0, "fits": 0, "train_seconds": 0.0} for s in graph.learners}
+        self.per_batch: dict[str, list[dict[str, Any]]] = {s.name: [] for s in graph.learners}
+        self.quarantine_counts: dict[str, int] = {}
+        self.quarantine = QuarantineWriter(output_dir / "quarantine.arrow")
+        self.events: list[DriftEvent] = []
+        self.rows = 0
+        self.batches = 0
+
+    def add(self, seq: int, rows: int, side: SideOutput, results: dict[str, LearnResult]) -> None:
+        self.rows += rows
+        self.batches += 1
+        quarantined = 0
+        for table in side.quarantine:
+            self.quarantine.write(table)
+            quarantined += table.num_rows
+            for reason in table.column("reason").to_pylist():
+                self.quarantine_counts[reason] = self.quarantine_counts.get(reason, 0) + 1
+        parent_metrics: dict[str, float] = {"rows": float(rows)}
+        if quarantined:
+            parent_metrics["quarantined_rows"] = float(quarantined)
+        for e in side.drift_events:
+            self.events.append(e)
+            parent_metrics[f"drift.{e.step}"] = float(e.offset)
+        self.tracker.log_metrics(None, parent_metrics, step=seq)
+        for name, res in results.items():
+            task = self.tasks[name]
+            batch_scores = res.combined()
+            self.totals[name].add(batch_scores)
+            c = self.compute[name]
+            c["samples"] += res.samples
+            c["fits"] += res.fits
+            c["train_seconds"] += res.train_seconds
+            record = {"seq": seq, **batch_scores.metrics(task), "samples": res.samples,
+                      "train_seconds": res.train_seconds, "drift_events": len(res.events)}
+            self.per_batch[name].append(record)
+            metrics = {k: float(v) for k, v in batch_scores.metrics(task).items()}
+            metrics.update({f"cum_{k}": float(v) for k, v in self.totals[name].metrics(task).items() if k != "rows_scored"})
+            metrics["samples_trained"] = float(c["samples"])
+            metrics["train_seconds"] = float(c["train_seconds"])
+            for e in res.events:
+                self.events.append(e)
+                metrics["drift_offset"] = float(e.offset)
+            self.tracker.log_metrics(name, metrics, step=seq)
+        if self.progress is not None:
+            self.progress(rows)
+
+    def finish(self, results: dict[str, LearnResult]) -> None:
+        for name, res in results.items():
+            c = self.compute[name]
+            c["samples"] += res.samples
+            c["fits"] += res.fits
+            c["train_seconds"] += res.train_seconds
+        self.quarantine.close()
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for s in self.graph.learners:
+            name = s.name
+            events = sum(1 for e in self.events if e.step == name)
+            out[name] = {
+                "strategy": s.describe(),
+                "task": self.tasks[name],
+                **self.totals[name].metrics(self.tasks[name]),
+                "samples_trained": self.compute[name]["samples"],
+                "fits": self.compute[name]["fits"],
+                "train_seconds": round(self.compute[name]["train_seconds"], 4),
+                "error_drift_events": events,
+            }
+        return out
+
+
+class _NullTracker:
+    run_id = None
+
+    def start(self, params: dict[str, Any]) -> None:
+        return None
+
+    def start_child(self, name: str, params: dict[str, Any]) -> None:
+        return None
+
+    def log_metrics(self, name: str | None, values: dict[str, float], step: int) -> None:
+        pass
+
+    def log_dict(self, obj: dict[str, Any], artifact_file: str, name: str | None = None) -> None:
+        pass
+
+    def log_artifact(self, local_path: str, name: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any], name: str | None = None) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def make_learners(graph: Graph, schema: Any, *, label_delay: int, shard: tuple[int, int] = (0, 1)) -> dict[str, Learner]:
+    """One `Learner` per learn step (on the local runner: all keys in one)."""
+    return {s.name: make_learner(graph, s.name, schema, label_delay=label_delay, shard=shard) for s in graph.learners}
+
+
+def make_learner(graph: Graph, name: str, schema: Any, *, label_delay: int, shard: tuple[int, int] = (0, 1),
+                 strategy: Any = None) -> Learner:
+    step = graph.step(name)
+    senders = {d.name for d in graph.chain if d.kind == "detect" and (d.to is None or name in d.to)}
+    return Learner(
+        name,
+        strategy if strategy is not None else step.op,
+        schema,
+        key=step.route.key if step.route else None,
+        shard=shard,
+        detector=step.detector,
+        detector_params=step.detector_params,
+        accept_events_from=senders,
+        label_delay=label_delay,
+    )
+
+
+def _source_total(source: Any) -> int | None:
+    for attr in ("n", "num_rows"):
+        v = getattr(source, attr, None)
+        if isinstance(v, int):
+            return max(0, v - source.position)
+        if callable(v):
+            try:
+                return max(0, int(v()) - source.position)
+            except Exception:  # noqa: BLE001 - a total is only for the progress bar
+                return None
+    return None
+
+
+def run_graph(
+    graph: Graph,
+    *,
+    runner: str = "local",
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    experiment: str = "tideflow",
+    progress: bool = True,
+    label_delay: int = 0,
+    max_batches: int | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    max_in_flight: int = 4,
+    ray_address: str | None = None,
+    print_summary: bool = False,
+) -> RunResult:
+    """Run a validated graph and return its `RunResult`.
+
+    Args:
+        runner: ``"local"`` or ``"ray"``.
+        tracking: log to MLflow (one run, a nested run per strategy).
+        tracking_uri: MLflow store (default: ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` here).
+        progress: show a progress bar.
+        label_delay: batches between a prediction and its labels reaching the learner.
+        max_batches: stop after this many batches.
+        output_dir: where the quarantine file and summary go (default ``runs/<pipeline>/<time>``).
+        max_in_flight: Ray runner: batches in flight at once (backpressure).
+        ray_address: Ray runner: cluster to join (default ``RAY_ADDRESS``, else a local Ray).
+        print_summary: print the summary table at the end.
+    """
+    if runner not in ("local", "ray"):
+        raise ValueError(f"unknown runner {runner!r}: use 'local' or 'ray'")
+    schema = graph.validate()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(output_dir) if output_dir is not None else Path("runs") / graph.name / f"{stamp}-{os.getpid()}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    if tracking:
+        from tideflow.pipelines.tracking import Tracker
+
+        tracker: Any = Tracker(experiment=experiment, tracking_uri=tracking_uri, run_name=f"{graph.name}-{runner}")
+    else:
+        tracker = _NullTracker()
+    params = {"pipeline": graph.name, "runner": runner, "label_delay": label_delay,
+              "graph": graph.to_dict(), "graph_hash": graph.fingerprint()}
+    tracker.start(params)
+    for s in graph.learners:
+        tracker.start_child(s.name, s.to_dict())
+    tracker.log_dict(graph.to_dict(), "graph.json")
+
+    source = graph.source.op
+    total = _source_total(source)
+    if max_batches is not None and total is not None:
+        total = min(total, max_batches * getattr(source, "batch_size", total))
+    bar, advance = _progress(progress, total, f"{graph.name} [{runner}]")
+    collector = Collector(graph, tracker=tracker, output_dir=out, progress=advance)
+    start = time.perf_counter()
+    status = "FAILED"
+    try:
+        if bar is not None:
+            bar.start()
+        if runner == "local":
+            _run_local(graph, schema, collector, label_delay=label_delay, max_batches=max_batches)
+        else:
+            from tideflow.pipelines.ray_runner import run_on_ray
+
+            run_on_ray(graph, schema, collector, label_delay=label_delay, max_batches=max_batches,
+                       max_in_flight=max_in_flight, address=ray_address)
+        status = "FINISHED"
+    finally:
+        if bar is not None:
+            bar.stop()
+        seconds = time.perf_counter() - start
+        collector.quarantine.close()
+        summary = collector.summary()
+        result = RunResult(
+            pipeline=graph.name, runner=runner, summary=summary, per_batch=collector.per_batch,
+            quarantine=dict(collector.quarantine_counts), drift_events=collector.events,
+            rows=collector.rows, batches=collector.batches, seconds=seconds, output_dir=out,
+            run_id=tracker.run_id,
+        )
+        summary_doc = {
+            "pipeline": graph.name, "runner": runner, "rows": result.rows, "batches": result.batches,
+            "seconds": round(seconds, 3), "events_per_second": round(result.events_per_second, 1),
+            "quarantine": result.quarantine, "quarantined_rows": result.quarantined,
+            "drift_events": [e.to_dict() for e in collector.events], "strategies": summary,
+        }
+        (out / "summary.json").write_text(json.dumps(summary_doc, indent=2, default=str))
+        final = {"events_per_second": result.events_per_second, "rows_total": float(result.rows),
+                 "quarantined_total": float(result.quarantined), "wall_seconds": seconds}
+        final.update({f"quarantine.{k}": float(v) for k, v in result.quarantine.items()})
+        tracker.log_metrics(None, final, step=collector.batches)
+        for name, s in summary.items():
+            tracker.log_metrics(name, {f"final_{k}": float(v) for k, v in s.items() if isinstance(v, (int, float))},
+                                step=collector.batches)
+        tracker.log_dict(summary_doc, "summary.json")
+        if collector.quarantine.rows:
+            tracker.log_artifact(str(collector.quarantine.path))
+        tracker.end(status)
+    if print_summary:
+        print_summary_table(result)
+    return result
+
+
+def _run_local(graph: Graph, schema: Any, collector: Collector, *, label_delay: int, max_batches: int | None) -> None:
+    learners = make_learners(graph, schema, label_delay=label_delay)
+    chain = [s.op for s in graph.chain]
+    sinks = [s.op for s in graph.sinks]
+    for seq, batch in enumerate(graph.source.op.batches()):
+        if max_batches is not None and seq >= max_batches:
+            break
+        rows = len(batch)
+        side = SideOutput()
+        current: Any = batch
+        for op in chain:
+            if current is None or not len(current):
+                break
+            current = op.process(current)
+            side.extend(op.drain())
+        results = {name: lrn.step(seq, current, side.drift_events) for name, lrn in learners.items()}
+        if current is not None and len(current):
+            for sink in sinks:
+                sink.write(current)
+        collector.add(seq, rows, side, results)
+    collector.finish({name: lrn.finish() for name, lrn in learners.items()})
+    for sink in sinks:
+        sink.close()
+
+
+def _progress(enabled: bool, total: int | None, label: str) -> tuple[Any, Any]:
+    if not enabled:
+        return None, None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("events"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    task = bar.add_task(label, total=total)
+    return bar, lambda n: bar.advance(task, n)
+
+
+def print_summary_table(result: RunResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.pipeline} on the {result.runner} runner: {result.rows} events, "
+                        f"{result.batches} batches, {result.seconds:.1f} s ({result.events_per_second:,.0f} events/s)")
+    for col in ("strategy", "task", "rows scored", "accuracy", "MAE", "RMSE", "trained on", "fits",
+                "train s", "drift (error)"):
+        table.add_column(col, justify="left" if col in ("strategy", "task") else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for name, s in result.summary.items():
+        table.add_row(name, s["task"], str(s["rows_scored"]), fmt(s.get("accuracy")), fmt(s.get("mae")),
+                      fmt(s.get("rmse")), str(s["samples_trained"]), str(s["fits"]), f"{s['train_seconds']:.2f}",
+                      str(s["error_drift_events"]))
+    console = Console()
+    console.print(table)
+    upstream = [e for e in result.drift_events if e.step not in result.summary]
+    if upstream:
+        console.print(f"drift events from detectors: {len(upstream)} (first at offsets "
+                      f"{', '.join(str(e.offset) for e in upstream[:5])})")
+    if result.quarantine:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(result.quarantine.items()))
+        console.print(f"[yellow]quarantined rows: {result.quarantined} ({counts}) -> {result.output_dir / 'quarantine.arrow'}")
+    else:
+        console.print("quarantined rows: 0")
+    if result.run_id:
+        console.print(f"MLflow run: {result.run_id}")
+    console.print(f"summary: {result.output_dir / 'summary.json'}")
