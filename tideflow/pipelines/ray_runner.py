@@ -20,7 +20,9 @@ authentication is left as Ray sets it (on by default for local clusters).
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from collections import deque
 from typing import Any
 
@@ -66,12 +68,13 @@ class _Envelope:
 
 
 def _threads(num_cpus: float | None) -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, int(num_cpus or 1)))
-    except ImportError:  # pragma: no cover
-        pass
+    # On 2 cores, torch's default thread pool per actor oversubscribes the CPU
+    # 10-27x; workers start with OMP_NUM_THREADS=1 (runtime_env) and this sets
+    # torch's pool to the actor's CPU share. Torch is not imported just for this:
+    # an actor that never uses it should not pay its ~500 MB.
+    os.environ["OMP_NUM_THREADS"] = str(max(1, int(num_cpus or 1)))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, int(num_cpus or 1)))
 
 
 class SourceActor:
@@ -125,12 +128,9 @@ class LearnerActor:
         return self.learner.snapshot()
 
     def device(self) -> str:
-        try:
-            import torch
+        import torch
 
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # pragma: no cover
-            return "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _learner_cpus(graph: Graph, ray: Any) -> dict[str, float]:
@@ -144,7 +144,8 @@ def _learner_cpus(graph: Graph, ray: Any) -> dict[str, float]:
         fixed = sum(wanted[n] * actors[n] for n in wanted if n not in auto)
         share = max(0.01, (total_cpus - fixed) / sum(actors[n] for n in auto))
         for n in auto:
-            wanted[n] = round(min(1.0, share), 2)
+            # round down: 3 x 0.67 would not fit on 2 CPUs and the last actor would never start
+            wanted[n] = math.floor(min(1.0, share) * 100) / 100
     return wanted
 
 
