@@ -8,7 +8,7 @@ The public API: build a `Pipeline` from a `Source`, steps (`Validate`,
 
 from __future__ import annotations
 
-from tideflow.connectors.base import MemorySink, Sink, Source
+from tideflow.connectors.base import MemorySink, MemorySource, Sink, Source
 from tideflow.connectors.synthetic import SyntheticSource, source_from_spec
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.graph import Graph, GraphError, Keyed
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvalancheStrategy", "Batch", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
-    "MemorySink", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
+    "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
     "tensor_array",
 ]

@@ -93,3 +93,46 @@ class MemorySink(Sink):
     @property
     def rows(self) -> int:
         return sum(len(b) for b in self.batches)
+
+
+class MemorySource(Source):
+    """Batches held in memory (tests, small replays, hand-made malformed input).
+
+    The batches are yielded as given, even when their offsets are out of order
+    or their columns do not fit ``schema``: that is what a validate step is for.
+    ``seek`` skips whole batches whose last offset is below the target.
+    """
+
+    def __init__(self, batches: list[Batch], schema: Schema, *, stream_id: str | None = None) -> None:
+        self.batches_ = list(batches)
+        self.schema_ = schema
+        self.stream_id = stream_id or (self.batches_[0].stream_id if self.batches_ else "memory")
+        self._index = 0
+
+    def schema(self) -> Schema:
+        return self.schema_
+
+    def params(self) -> dict[str, Any]:
+        return {"batches": len(self.batches_), "rows": sum(len(b) for b in self.batches_)}
+
+    @property
+    def num_rows(self) -> int:
+        return sum(len(b) for b in self.batches_)
+
+    @property
+    def position(self) -> int:
+        if self._index >= len(self.batches_):
+            last = self.batches_[-1].last_offset if self.batches_ else None
+            return (last + 1) if last is not None else 0
+        return self.batches_[self._index].first_offset or 0
+
+    def seek(self, offset: int) -> None:
+        self._index = 0
+        while self._index < len(self.batches_) and (self.batches_[self._index].last_offset or -1) < offset:
+            self._index += 1
+
+    def batches(self) -> Iterator[Batch]:
+        while self._index < len(self.batches_):
+            batch = self.batches_[self._index]
+            self._index += 1
+            yield batch

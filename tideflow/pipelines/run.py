@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,8 +259,9 @@ def run_graph(
         tracker: Any = Tracker(experiment=experiment, tracking_uri=tracking_uri, run_name=f"{graph.name}-{runner}")
     else:
         tracker = _NullTracker()
+    # the whole graph as params: one dotted key per step setting (steps.<name>.params.<param>)
     params = {"pipeline": graph.name, "runner": runner, "label_delay": label_delay,
-              "graph": graph.to_dict(), "graph_hash": graph.fingerprint()}
+              "steps": {s.name: s.to_dict() for s in graph.steps}, "graph_hash": graph.fingerprint()}
     tracker.start(params)
     for s in graph.learners:
         tracker.start_child(s.name, s.to_dict())
@@ -370,7 +372,8 @@ def print_summary_table(result: RunResult) -> None:
         table.add_row(name, s["task"], str(s["rows_scored"]), fmt(s.get("accuracy")), fmt(s.get("mae")),
                       fmt(s.get("rmse")), str(s["samples_trained"]), str(s["fits"]), f"{s['train_seconds']:.2f}",
                       str(s["error_drift_events"]))
-    console = Console()
+    # a pipe or CI log is not a terminal: rich would wrap the table at 80 columns
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     console.print(table)
     upstream = [e for e in result.drift_events if e.step not in result.summary]
     if upstream:

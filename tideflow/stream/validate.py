@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,8 @@ class Validate(Operator):
             the batch (default), or ``"drop"`` the column (counted as
             ``extra_field_dropped``).
         check_offsets: quarantine duplicate and out-of-order offsets.
+        offset_window: how many recent offsets per stream are remembered to tell a
+            duplicate (seen before) from a late event (never seen).
         name: the step name written into quarantine records.
     """
 
@@ -129,6 +131,7 @@ class Validate(Operator):
         *,
         extra: str = "quarantine",
         check_offsets: bool = True,
+        offset_window: int = 4096,
         name: str = "validate",
     ) -> None:
         if extra not in ("quarantine", "drop"):
@@ -136,11 +139,13 @@ class Validate(Operator):
         self.schema = schema
         self.extra = extra
         self.check_offsets = check_offsets
+        self.offset_window = offset_window
         self.name = name
         self.counts: dict[str, int] = {}
         self.rows_in = 0
         self.rows_out = 0
         self._last_offset: dict[str, int] = {}
+        self._recent: dict[str, deque[int]] = {}
         self._pending: list[pa.Table] = []
 
     @classmethod
@@ -211,20 +216,23 @@ class Validate(Operator):
             columns[fname] = col
 
         if self.check_offsets:
-            offsets = batch.offsets
-            last = self._last_offset.get(batch.stream_id)
-            seen_in_batch: set[int] = set()
-            running = last
-            for i, off in enumerate(offsets):
-                off = int(off)
-                if off in seen_in_batch or (last is not None and off == last):
+            # offsets at or below the mark are either redeliveries (seen: duplicate) or
+            # late events (never seen: out of order); a window of recent offsets tells which
+            recent = self._recent.setdefault(batch.stream_id, deque(maxlen=self.offset_window))
+            recent_set = set(recent)
+            running = self._last_offset.get(batch.stream_id)
+            for i, off in enumerate(batch.offsets.tolist()):
+                if off in recent_set:
                     mark(_one(n, i), "duplicate_offset", str(off))
-                elif running is not None and off < running:
+                    continue
+                if running is not None and off < running:
                     mark(_one(n, i), "out_of_order_offset", f"{off} < {running}")
-                elif not bad[i]:
+                else:
+                    # a row quarantined for its content still consumed its offset: a
+                    # redelivery of that offset is a duplicate, not a second chance
                     running = off
-                seen_in_batch.add(off)
-            # the highest offset accepted, or kept out for a reason of its own, moves the mark
+                recent.append(off)
+                recent_set.add(off)
             if running is not None:
                 self._last_offset[batch.stream_id] = running
 
@@ -257,6 +265,7 @@ class Validate(Operator):
         return {
             "counts": dict(self.counts),
             "last_offset": dict(self._last_offset),
+            "recent": {k: list(v) for k, v in self._recent.items()},
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
         }
@@ -264,6 +273,7 @@ class Validate(Operator):
     def restore(self, state: dict[str, Any]) -> None:
         self.counts = dict(state["counts"])
         self._last_offset = dict(state["last_offset"])
+        self._recent = {k: deque(v, maxlen=self.offset_window) for k, v in state["recent"].items()}
         self.rows_in = state["rows_in"]
         self.rows_out = state["rows_out"]
         self._pending = []

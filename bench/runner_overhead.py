@@ -1,0 +1,408 @@
+"""Runner overhead: events/s of one pipeline on the local and the Ray runner, against plain Python.
+
+Pipeline (the same operators on every path)::
+
+    RecordingSource -> Validate -> DetectDrift(on="x0")
+        -> RiverStrategy(StandardScaler | LinearRegression)   # prequential: predict, score, learn
+
+The learner is deliberately cheap, so what a runner adds per batch shows.
+
+Protocol:
+
+* A ``friedman-drift`` stream of ``--events`` rows is recorded once to a temporary
+  Arrow file; every measurement replays it with ``RecordingSource(path,
+  batch_size=B)``, so all runners read identical data.
+* At batch size ``B`` a measurement uses ``min(events, B * --max-batches)`` events
+  (the first ones of the recording): small batches on Ray are slow, and this keeps the
+  whole script short. The count used is printed and stored per row.
+* ``plain``: a hand-written loop over the very operators of the built graph
+  (``validate.process`` -> ``detect.process`` -> ``predict`` / score / ``learn``),
+  no runner, no collector.
+* ``local`` / ``ray``: ``run_graph`` with ``tracking=False, progress=False``.
+  ``ray.init`` is paid once, before any timing (``ensure_ray``); actor start-up is part
+  of each Ray run, so the Ray ``events/s`` is the total (start-up included), and
+  ``steady`` is events/s over the batches after the first ``max(3, 10%)``, from a
+  per-batch completion timestamp taken in the driver (the run module's ``Collector``
+  is wrapped in this process to record it; nothing in tideflow is changed).
+  ``startup`` is the time from the start of the run to the first batch completed.
+* Each measurement is repeated ``--repeats`` times; the table shows medians; every
+  repeat is in the JSON.
+
+Run from the repository root::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/runner_overhead.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/runner_overhead.py --repeats 3 --batch-sizes 1024
+
+There is no pass/fail; the numbers go to the terminal and to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a file from anywhere, without installing
+    sys.path.insert(0, str(REPO))
+
+import tideflow as tf  # noqa: E402
+import tideflow.pipelines.run as run_mod  # noqa: E402
+from tideflow.connectors.recording import RecordingSource, record  # noqa: E402
+from tideflow.pipelines.evaluation import Scores, score  # noqa: E402
+
+STREAM = "friedman-drift"
+SEED = 0
+
+# -- per-batch timestamps -----------------------------------------------------------------
+# Both runners hand every finished batch to ``Collector.add`` in the driver, in stream
+# order; wrapping it gives one completion timestamp per batch on both runners.
+_LAST: dict[str, Any] = {}
+_BaseCollector = getattr(run_mod, "Collector", None)
+
+if _BaseCollector is not None:
+    class _TimedCollector(_BaseCollector):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.bench_t0 = time.perf_counter()
+            self.bench_ts: list[tuple[float, int]] = []
+            _LAST["collector"] = self
+
+        def add(self, seq: int, rows: int, *args: Any, **kwargs: Any) -> None:
+            super().add(seq, rows, *args, **kwargs)
+            self.bench_ts.append((time.perf_counter(), rows))
+
+    run_mod.Collector = _TimedCollector  # type: ignore[misc]
+
+
+def steady_state(ts: list[tuple[float, int]]) -> float | None:
+    """Events/s over the batches after the first ``max(3, 10%)`` (None when too few)."""
+    k = max(3, math.ceil(len(ts) * 0.1))
+    if len(ts) <= k:
+        return None
+    span = ts[-1][0] - ts[k - 1][0]
+    rows = sum(r for _, r in ts[k:])
+    return rows / span if span > 0 else None
+
+
+# -- the pipeline -------------------------------------------------------------------------
+
+def make_pipeline(path: Path, batch_size: int) -> tf.Pipeline:
+    """A fresh pipeline (operators and learner keep state, so one per measurement)."""
+    from river import linear_model, preprocessing
+
+    return (
+        tf.Pipeline("runner-overhead")
+        .source(RecordingSource(path, batch_size=batch_size))
+        .validate()
+        .detect(tf.DetectDrift(on="x0"))
+        .learn(tf.RiverStrategy(preprocessing.StandardScaler() | linear_model.LinearRegression()),
+               name="linear")
+    )
+
+
+def run_plain(path: Path, batch_size: int, max_batches: int | None) -> dict[str, Any]:
+    """The reference: the built graph's own operators, driven by a bare loop."""
+    graph = make_pipeline(path, batch_size).build()  # validates and binds the strategy
+    source = graph.source.op
+    chain = [s.op for s in graph.chain]
+    strategy = graph.learners[0].op
+    target = strategy.target
+    task = strategy.task
+    total = Scores()
+    rows = 0
+    drift = 0
+    ts: list[tuple[float, int]] = []
+    start = time.perf_counter()
+    for seq, batch in enumerate(source.batches()):
+        if max_batches is not None and seq >= max_batches:
+            break
+        n = len(batch)
+        current = batch
+        events = []
+        for op in chain:
+            if current is None or not len(current):
+                break
+            current = op.process(current)
+            events.extend(op.drain().drift_events)
+        for e in events:
+            strategy.on_drift(e)
+        if current is not None and len(current):
+            preds = strategy.predict(current)  # test ...
+            s, _ = score(task, preds, current.numpy(target))
+            total.add(s)
+            strategy.learn(current)  # ... then train
+        drift += len(events)
+        rows += n
+        ts.append((time.perf_counter(), n))
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "seconds": seconds, "eps": rows / seconds, "ts": ts, "t0": start,
+            "mae": total.metrics(task).get("mae"), "rows_scored": total.n, "drift_events": drift}
+
+
+def run_runner(runner: str, path: Path, batch_size: int, max_batches: int | None, *, out: Path,
+               max_in_flight: int) -> dict[str, Any]:
+    _LAST.clear()
+    pipeline = make_pipeline(path, batch_size)
+    result = pipeline.run(runner=runner, tracking=False, progress=False, max_batches=max_batches,
+                          output_dir=out, max_in_flight=max_in_flight)
+    coll = _LAST.get("collector")
+    summary = result.summary.get("linear", {})
+    rec = {"rows": result.rows, "seconds": result.seconds, "eps": result.events_per_second,
+           "mae": summary.get("mae"), "rows_scored": summary.get("rows_scored"),
+           "drift_events": len(result.drift_events), "ts": None, "t0": None}
+    if coll is not None and len(coll.bench_ts) == result.batches:
+        rec["ts"], rec["t0"] = coll.bench_ts, coll.bench_t0
+    return rec
+
+
+def derive(rec: dict[str, Any]) -> dict[str, Any]:
+    """Plain numbers of one measurement for the JSON (timestamps reduced)."""
+    ts = rec.get("ts")
+    out = {k: rec[k] for k in ("rows", "seconds", "eps", "mae", "rows_scored", "drift_events")}
+    out["batches"] = len(ts) if ts else None
+    out["steady_eps"] = steady_state(ts) if ts else None
+    out["first_batch_s"] = (ts[0][0] - rec["t0"]) if ts else None
+    return out
+
+
+# -- environment --------------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    import numpy
+    import pyarrow
+    import ray
+    import river
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+                                    text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+        "river": river.__version__,
+        "numpy": numpy.__version__,
+        "tideflow": tf.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+# -- main ---------------------------------------------------------------------------------
+
+def _fmt_eps(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _fmt_ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or not b else f"{a / b:.2f}"
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=150_000,
+                    help="events recorded, and used per measurement at large batch sizes (default 150000)")
+    ap.add_argument("--batch-sizes", default="64,1024,8192", help="comma-separated (default 64,1024,8192)")
+    ap.add_argument("--max-batches", type=int, default=600,
+                    help="at most this many batches per measurement: events = min(events, B * this) "
+                         "(default 600)")
+    ap.add_argument("--repeats", type=int, default=1, help="repeats per measurement; medians are shown (default 1)")
+    ap.add_argument("--runners", default="plain,local,ray", help="subset of plain,local,ray (default all)")
+    ap.add_argument("--max-in-flight", type=int, default=4, help="Ray runner backpressure (run_graph default 4)")
+    ap.add_argument("--json", default=str(REPO / "bench" / "results" / "runner_overhead.json"),
+                    help="where to write the results (default bench/results/runner_overhead.json)")
+    args = ap.parse_args(argv)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    runners = [r.strip() for r in args.runners.split(",") if r.strip()]
+    if any(r not in ("plain", "local", "ray") for r in runners) or not runners:
+        ap.error("--runners takes plain, local, ray")
+    if args.events < 1 or args.repeats < 1 or args.max_batches < 1 or not batch_sizes or min(batch_sizes) < 1:
+        ap.error("--events, --repeats, --max-batches and batch sizes must be >= 1")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    # wide enough for the table also when the output is piped to a file
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    wall0 = time.perf_counter()
+    info = machine_info()
+    console.print(f"[bold]runner overhead[/]: {STREAM} seed={SEED}, {args.events:,} events recorded, "
+                  f"batch sizes {batch_sizes}, repeats {args.repeats}, "
+                  f"{info['cpu_affinity'] or info['cpu_count']} CPUs, python {info['python']}, "
+                  f"ray {info['ray']}, pyarrow {info['pyarrow']}")
+
+    rows_out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tideflow-bench-") as tmp:
+        tmpdir = Path(tmp)
+        path = tmpdir / "stream.arrows"
+        t = time.perf_counter()
+        rec_info = record(tf.SyntheticSource(STREAM, n=args.events, batch_size=4096, seed=SEED), path,
+                          progress=False)
+        record_s = time.perf_counter() - t
+        console.print(f"recorded {rec_info['rows']:,} events to a temp file in {record_s:.1f} s")
+
+        ray_init_s = None
+        if "ray" in runners:
+            from tideflow.pipelines.ray_runner import ensure_ray
+
+            t = time.perf_counter()
+            ensure_ray()
+            ray_init_s = time.perf_counter() - t
+            console.print(f"ray.init (excluded from timings): {ray_init_s:.1f} s")
+
+        run_no = 0
+        for bs in batch_sizes:
+            max_batches = None if bs * args.max_batches >= args.events else args.max_batches
+            events = args.events if max_batches is None else bs * max_batches
+            reps: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
+            for _ in range(args.repeats):
+                for runner in runners:
+                    run_no += 1
+                    if runner == "plain":
+                        rec = run_plain(path, bs, max_batches)
+                    else:
+                        rec = run_runner(runner, path, bs, max_batches, out=tmpdir / f"run{run_no}",
+                                         max_in_flight=args.max_in_flight)
+                        if runner == "ray":
+                            time.sleep(1.0)  # let the killed actors' processes exit before the next timing
+                    d = derive(rec)
+                    if d["rows"] != events:
+                        raise RuntimeError(f"{runner} at batch {bs} read {d['rows']} events, expected {events}")
+                    reps[runner].append(d)
+                    steady = f", steady {_fmt_eps(d['steady_eps'])}/s" if runner == "ray" else ""
+                    start = (f", first batch after {d['first_batch_s']:.2f} s"
+                             if runner == "ray" and d["first_batch_s"] is not None else "")
+                    console.print(f"  batch {bs:>5} {runner:<5} {d['rows']:>7,} events in {d['seconds']:6.2f} s "
+                                  f"= {_fmt_eps(d['eps']):>7}/s{steady}{start}")
+            med = {r: {k: _median([d[k] for d in reps[r]]) for k in ("eps", "steady_eps", "seconds", "first_batch_s")}
+                   for r in runners}
+            maes = {r: reps[r][0]["mae"] for r in runners}
+            ref = next(iter(maes.values()))
+            same = all(m is not None and ref is not None and abs(m - ref) <= 1e-9 * max(1.0, abs(ref))
+                       for m in maes.values())
+            row: dict[str, Any] = {"batch_size": bs, "events": events,
+                                   "batches": math.ceil(events / bs), "mae_identical": same, "mae": maes}
+            for r in runners:
+                row[f"{r}_eps"] = med[r]["eps"]
+                row[f"{r}_seconds"] = med[r]["seconds"]
+                row[f"{r}_steady_eps"] = med[r]["steady_eps"]
+                row[f"{r}_first_batch_s"] = med[r]["first_batch_s"]
+                row[f"{r}_repeats"] = reps[r]
+
+            def ratio(a: str, b: str, key: str = "eps") -> float | None:
+                x, y = row.get(f"{a}_{key}"), row.get(f"{b}_{key}")
+                return x / y if x is not None and y else None
+
+            row["local_over_plain"] = ratio("local", "plain")
+            row["ray_over_plain"] = ratio("ray", "plain")
+            row["ray_over_local"] = ratio("ray", "local")
+            row["ray_over_local_steady"] = ratio("ray", "local", "steady_eps")
+            rows_out.append(row)
+            if not same:
+                console.print(f"[yellow]  batch {bs}: MAE differs between runners: {maes}")
+
+    if "ray" in runners:
+        import ray
+
+        ray.shutdown()
+    total_s = time.perf_counter() - wall0
+
+    table = Table(title=f"events/s, {STREAM} + Validate + DetectDrift + River StandardScaler|LinearRegression "
+                        f"(median of {args.repeats})")
+    # (header, runners it needs, cell)
+    spec = [
+        ("batch", (), lambda r: str(r["batch_size"])),
+        ("events", (), lambda r: f"{r['events']:,}"),
+        ("plain ev/s", ("plain",), lambda r: _fmt_eps(r.get("plain_eps"))),
+        ("local ev/s", ("local",), lambda r: _fmt_eps(r.get("local_eps"))),
+        ("ray ev/s", ("ray",), lambda r: _fmt_eps(r.get("ray_eps"))),
+        ("local/plain", ("local", "plain"), lambda r: _fmt_ratio(r.get("local_eps"), r.get("plain_eps"))),
+        ("ray/plain", ("ray", "plain"), lambda r: _fmt_ratio(r.get("ray_eps"), r.get("plain_eps"))),
+        ("ray/local", ("ray", "local"), lambda r: _fmt_ratio(r.get("ray_eps"), r.get("local_eps"))),
+        ("ray steady ev/s", ("ray",), lambda r: _fmt_eps(r.get("ray_steady_eps"))),
+        ("steady ray/local", ("ray", "local"),
+         lambda r: _fmt_ratio(r.get("ray_steady_eps"), r.get("local_steady_eps"))),
+        ("ray 1st batch s", ("ray",),
+         lambda r: "-" if r.get("ray_first_batch_s") is None else f"{r['ray_first_batch_s']:.2f}"),
+    ]
+    spec = [c for c in spec if all(n in runners for n in c[1])]
+    for header, _, _ in spec:
+        table.add_column(header, justify="right")
+    for row in rows_out:
+        table.add_row(*(cell(row) for _, _, cell in spec))
+    console.print(table)
+    console.print("ray ev/s includes actor start-up (4 actors per run); 'steady' skips the first max(3, 10%) "
+                  "batches; ray.init is excluded.")
+    console.print(f"total wall time {total_s:.1f} s")
+
+    doc = {
+        "benchmark": "runner_overhead",
+        "description": "events/s of one pipeline (RecordingSource -> Validate -> DetectDrift(x0) -> "
+                       "RiverStrategy(StandardScaler|LinearRegression), prequential) on a plain Python loop, "
+                       "the local runner and the Ray runner",
+        "protocol": {
+            "stream": STREAM, "seed": SEED, "events_recorded": args.events, "batch_sizes": batch_sizes,
+            "max_batches": args.max_batches, "repeats": args.repeats, "statistic": "median",
+            "max_in_flight": args.max_in_flight, "tracking": False, "progress": False,
+            "steady_state": "events/s over batches after the first max(3, ceil(10%)), from driver-side "
+                            "per-batch completion timestamps",
+            "ray_eps": "total: rows / RunResult.seconds, actor start-up included; ray.init excluded",
+        },
+        "machine": info,
+        "record_seconds": record_s,
+        "ray_init_seconds": ray_init_s,
+        "total_seconds": total_s,
+        "rows": rows_out,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    console.print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

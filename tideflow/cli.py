@@ -1,0 +1,164 @@
+"""The ``tideflow`` command: run ready pipelines, record streams, replay recordings.
+
+    tideflow run [PIPELINE] [--runner ray|local]       run a ready pipeline (default: drift on local Ray)
+    tideflow record SOURCE -o stream.arrow             write a source to a recording
+    tideflow replay stream.arrow --pipeline NAME|FILE  replay a recording through a pipeline
+    tideflow show PIPELINE                             print a pipeline's graph
+    tideflow list                                      list ready pipelines and sources
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runner", choices=("local", "ray"), default="ray",
+                   help="ray: one actor per step on local Ray or RAY_ADDRESS (default); local: one process")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite mlflow.db in this folder)")
+    p.add_argument("--experiment", default="tideflow", help="MLflow experiment name")
+    p.add_argument("--label-delay", type=int, default=0, help="batches between a prediction and its labels")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--max-in-flight", type=int, default=4, help="ray runner: batches in flight (backpressure)")
+    p.add_argument("--output-dir", default=None, help="folder for summary.json and quarantine.arrow")
+    p.add_argument("--json", default=None, help="also write the summary as JSON to this path")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run(pipeline: Any, args: argparse.Namespace) -> int:
+    print(pipeline)
+    result = pipeline.run(
+        runner=args.runner,
+        tracking=not args.no_tracking,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        progress=not args.no_progress,
+        label_delay=args.label_delay,
+        max_batches=args.max_batches,
+        output_dir=args.output_dir,
+        max_in_flight=args.max_in_flight,
+        print_summary=True,
+    )
+    if args.json:
+        doc = json.loads((result.output_dir / "summary.json").read_text())
+        doc["per_batch"] = result.per_batch
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=2, default=str)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tideflow.connectors.synthetic import source_from_spec
+    from tideflow.pipelines.ready import load_pipeline
+
+    source = source_from_spec(args.source) if args.source else None
+    return _run(load_pipeline(args.pipeline, source=source), args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tideflow.connectors.recording import RecordingSource
+    from tideflow.pipelines.ready import load_pipeline
+
+    source = RecordingSource(args.recording, batch_size=args.batch_size, speed=args.speed)
+    if args.start_offset:
+        source.seek(args.start_offset)
+    return _run(load_pipeline(args.pipeline, source=source), args)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from tideflow.connectors.recording import record
+    from tideflow.connectors.synthetic import source_from_spec
+
+    source = source_from_spec(args.source)
+    info = record(source, args.output, max_batches=args.max_batches, progress=not args.no_progress)
+    print(f"recorded {info['rows']} events in {info['batches']} batches "
+          f"(offsets {info['first_offset']}..{info['last_offset']}) to {info['path']}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tideflow.pipelines.ready import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)
+    graph = pipeline.build()
+    print(graph)
+    print(f"graph hash: {graph.fingerprint()}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tideflow.connectors.synthetic import STREAMS
+    from tideflow.pipelines.ready import DEFAULT, PIPELINES
+
+    print("ready pipelines:")
+    for name, build in PIPELINES.items():
+        doc = (sys.modules[build.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"  {name}{' (default)' if name == DEFAULT else ''}: {doc}")
+    print("sources (tideflow record NAME[:key=value,...]):")
+    for name in STREAMS:
+        print(f"  {name}  options: n, batch_size, seed, position, width")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tideflow.pipelines.ready import DEFAULT
+
+    parser = argparse.ArgumentParser(prog="tideflow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a ready pipeline (or a pipeline file)")
+    p.add_argument("pipeline", nargs="?", default=DEFAULT, help=f"ready pipeline name or file.py (default {DEFAULT})")
+    p.add_argument("--source", default=None,
+                   help="replace the pipeline's source: NAME[:key=value,...] or a recording.arrow")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("replay", help="replay a recording through a pipeline")
+    p.add_argument("recording", help="an Arrow IPC recording written by `tideflow record`")
+    p.add_argument("--pipeline", required=True, help="ready pipeline name or file.py defining build(source=None)")
+    p.add_argument("--batch-size", type=int, default=None, help="re-chunk the recording into batches of this size")
+    p.add_argument("--speed", type=float, default=None,
+                   help="replay at k x real time (needs a time column); default: as fast as possible")
+    p.add_argument("--start-offset", type=int, default=0, help="seek to this offset first")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("record", help="write a source to an Arrow IPC recording")
+    p.add_argument("source", help="NAME[:key=value,...], e.g. sea-drift:n=20000,seed=1 (see `tideflow list`)")
+    p.add_argument("-o", "--output", required=True, help="recording file to write (.arrow)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("show", help="print a pipeline's graph after validating it")
+    p.add_argument("pipeline", nargs="?", default=DEFAULT)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="list ready pipelines and sources")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as exc:
+        from tideflow.pipelines.graph import GraphError
+
+        if isinstance(exc, (GraphError, FileNotFoundError)) or type(exc) is ValueError:
+            print(f"tideflow: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

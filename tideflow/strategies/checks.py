@@ -1,0 +1,369 @@
+"""The check suite every `Strategy` must pass, in the manner of River's ``yield_checks``.
+
+DESIGN.md section 3 lists what a strategy promises; `yield_strategy_checks`
+yields one zero-argument function per promise, named after it, so that a
+failure reads ``AvalancheStrategy-snapshot_restore_identical``:
+
+================================  ===========================================================
+``learn_returns_report``          ``learn`` returns a `StepReport` with ``samples == len(batch)``
+``predict_returns_array``         ``predict`` returns a ``pa.Array`` of ``len(batch)`` (float for
+                                  regression, integer for classification), also for a batch
+                                  without the target column and for an empty batch
+``predict_is_pure``               predicting twice gives the same answer, and a strategy that
+                                  predicts before each learn ends like one that never predicted
+``snapshot_restore_identical``    a snapshot restored into a fresh strategy (and into the used
+                                  one) predicts identically, and both go on learning identically
+``same_seed_same_results``        two strategies built alike predict identically after each
+                                  batch, whatever the global random generators hold
+``empty_learn_is_noop``           ``learn`` on an empty batch reports 0 samples, changes nothing
+``wrong_schema_clear_error``      a batch missing a feature (or, for ``learn``, the target)
+                                  raises an error that names the column, and changes nothing
+``snapshot_is_plain``             the snapshot is plain data (`assert_plain`)
+``clone_is_fresh``                ``clone()`` of a trained strategy has equal ``params()`` and the
+                                  state of a new, unfitted one
+``does_not_mutate_input``         ``learn`` and ``predict`` leave their batch unchanged
+``on_drift_keeps_contract``       after ``on_drift`` it still predicts and snapshots plain data
+================================  ===========================================================
+
+Each check builds its strategies with ``cls(**cls._unit_test_params())`` and binds
+them to ``Schema({"x0": "float64", "x1": "float64", "y": ...}, target="y")``,
+where ``y`` is float64 when the instance's ``task`` is ``"regression"`` and int64
+(0/1) when it is ``"classification"``. Override ``_unit_test_params`` when the
+constructor has required arguments (``AvalancheStrategy`` needs ``n_classes``)
+or to keep the checks fast (a small hidden layer). The check stream
+(`tideflow.stream.checks.check_stream`) has a few batches of 64 rows with a drift
+halfway.
+
+How a strategy is picked up: defining a concrete `Strategy` subclass registers
+it (``Operator.__init_subclass__``); ``tests/test_checks.py`` imports every
+module under ``tideflow.strategies`` and runs this suite on each registered
+strategy. Nothing to list by hand.
+
+>>> from tideflow.strategies.river_adapter import RiverStrategy
+>>> checks = list(yield_strategy_checks(RiverStrategy))
+>>> checks[0].__name__, len(checks)
+('learn_returns_report', 11)
+>>> for check in checks:
+...     check()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+
+from tideflow.stream.batch import Batch
+from tideflow.stream.checks import (
+    scrambled_global_rngs,
+    assert_plain,
+    assert_same,
+    check_stream,
+    copy_batch,
+    empty_like,
+    named_check,
+)
+from tideflow.stream.drift import DriftEvent
+from tideflow.stream.schema import Schema
+from tideflow.strategies.base import StepReport, Strategy
+
+__all__ = ["check_schema", "check_strategy", "yield_strategy_checks"]
+
+FEATURES = ("x0", "x1")
+TARGET = "y"
+
+
+def check_schema(task: str) -> Schema:
+    """The schema the checks bind a strategy of ``task`` to."""
+    y = "int64" if task == "classification" else "float64"
+    return Schema({"x0": "float64", "x1": "float64", TARGET: y}, target=TARGET)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    cls: type[Strategy]
+    params: dict[str, Any]
+    task: str
+    seed: int
+    n_batches: int = 4
+
+    def make(self) -> Strategy:
+        strategy = self.cls(**self.params)
+        strategy.bind(check_schema(self.task))
+        return strategy
+
+    def stream(self) -> list[Batch]:
+        return check_stream(self.task, self.n_batches, self.seed, features=FEATURES)
+
+
+def _name(strategy: Strategy) -> str:
+    return type(strategy).__name__
+
+
+# -- the checks --------------------------------------------------------------------------
+
+
+def check_learn_returns_report(setup: _Setup) -> None:
+    """``learn`` returns a `StepReport` counting the batch's rows."""
+    strategy = setup.make()
+    for batch in setup.stream():
+        report = strategy.learn(batch)
+        assert isinstance(report, StepReport), (
+            f"learn returned {type(report).__name__}, not StepReport"
+        )
+        assert report.samples == len(batch), (
+            f"StepReport.samples is {report.samples}, the batch has {len(batch)} rows"
+        )
+
+
+def check_predict_returns_array(setup: _Setup) -> None:
+    """``predict`` gives one value per row as a ``pa.Array``, with or without the target column."""
+    strategy = setup.make()
+    stream = setup.stream()
+    want = pa.types.is_integer if setup.task == "classification" else pa.types.is_floating
+    for i, batch in enumerate(stream):
+        for when in ("before learning", "after learning"):
+            preds = strategy.predict(batch)
+            assert isinstance(preds, pa.Array), (
+                f"predict returned {type(preds).__name__}, not pyarrow.Array"
+            )
+            assert len(preds) == len(batch), (
+                f"predict returned {len(preds)} values for {len(batch)} rows"
+            )
+            if i or when == "after learning":  # an unfitted model may have nothing to say yet
+                assert want(preds.type), (
+                    f"a {setup.task} strategy predicted {preds.type} values ({when})"
+                )
+            unlabelled = batch.select(FEATURES)
+            where = f"predict on batch {i} without the target ({when})"
+            assert_same(strategy.predict(unlabelled), preds, where)
+            if when == "before learning":
+                strategy.learn(batch)
+    empty = strategy.predict(empty_like(stream[0]))
+    assert isinstance(empty, pa.Array) and len(empty) == 0, (
+        f"predict(empty batch) returned {empty!r}"
+    )
+
+
+def check_predict_is_pure(setup: _Setup) -> None:
+    """Predicting changes nothing: twice gives the same, and it does not alter later learning."""
+    stream = setup.stream()
+    predicting, learning_only = setup.make(), setup.make()
+    for i, batch in enumerate(stream):
+        first = predicting.predict(batch)
+        assert_same(predicting.predict(batch), first, f"second predict on batch {i}")
+        predicting.learn(batch)
+        learning_only.learn(batch)
+    last = stream[-1]
+    assert_same(
+        predicting.predict(last), learning_only.predict(last),
+        "predictions of a strategy that predicted before each learn vs one that only learned",
+    )
+    assert_same(
+        predicting.snapshot(), learning_only.snapshot(), "snapshot() after predicting vs not"
+    )
+
+
+def check_snapshot_restore_identical(setup: _Setup, split: int = 2) -> None:
+    """A restored snapshot predicts identically and goes on learning identically.
+
+    The original goes on learning before anything is restored, so a snapshot
+    that shares objects with the live strategy shows up as a difference. The
+    state is restored into two fresh strategies and back into the original.
+    """
+    stream = setup.stream()
+    head, tail = stream[:split], stream[split:]
+    original = setup.make()
+    for batch in head:
+        original.learn(batch)
+    state = original.snapshot()
+    expected_now = [original.predict(b) for b in stream]
+    expected_later = []
+    for batch in tail:
+        original.learn(batch)
+        expected_later.append(original.predict(stream[-1]))
+    final = original.snapshot()
+    twins = (("fresh", setup.make()), ("second fresh", setup.make()), ("rewound", original))
+    for who, twin in twins:
+        twin.restore(state)
+        got_now = [twin.predict(b) for b in stream]
+        assert_same(got_now, expected_now, f"predictions right after restore ({who})")
+        got_later = []
+        for batch in tail:
+            twin.learn(batch)
+            got_later.append(twin.predict(stream[-1]))
+        assert_same(got_later, expected_later, f"predictions learning on after restore ({who})")
+        assert_same(twin.snapshot(), final, f"snapshot() after learning on from a restore ({who})")
+
+
+def check_same_seed_same_results(setup: _Setup) -> None:
+    """Two strategies built from the same parameters predict identically after every batch."""
+    stream = setup.stream()
+    first, second = setup.make(), setup.make()
+    expected = []
+    for batch in stream:
+        first.learn(batch)
+        expected.append(first.predict(stream[-1]))
+    got = []
+    with scrambled_global_rngs():
+        for batch in stream:
+            second.learn(batch)
+            got.append(second.predict(stream[-1]))
+    assert_same(got, expected, "predictions of a second strategy built alike, after each batch")
+    assert_same(second.snapshot(), first.snapshot(), "snapshot() of a second strategy built alike")
+
+
+def check_empty_learn_is_noop(setup: _Setup) -> None:
+    """``learn`` on an empty batch reports 0 samples and changes neither state nor predictions."""
+    stream = setup.stream()
+    empty = empty_like(stream[0])
+    strategy = setup.make()
+    for when, batches in (("unfitted", []), ("after learning", stream[:2])):
+        for batch in batches:
+            strategy.learn(batch)
+        # predict first: an unfitted model may set itself up lazily on its first predict
+        preds = strategy.predict(stream[-1])
+        state = strategy.snapshot()
+        report = strategy.learn(empty)
+        assert isinstance(report, StepReport), f"learn(empty) returned {type(report).__name__}"
+        assert report.samples == 0, f"learn(empty) ({when}) reported {report.samples} samples"
+        assert_same(strategy.snapshot(), state, f"snapshot() after learn(empty) ({when})")
+        assert_same(strategy.predict(stream[-1]), preds, f"predictions after learn(empty) ({when})")
+
+
+def check_wrong_schema_clear_error(setup: _Setup) -> None:
+    """A batch without a needed column raises an error naming it (not a bare KeyError).
+
+    The failed call must leave the strategy as it was.
+    """
+    stream = setup.stream()
+    strategy = setup.make()
+    strategy.learn(stream[0])
+    batch = stream[1]
+    cases = [
+        ("learn", FEATURES[1], batch.select([FEATURES[0], TARGET])),
+        ("predict", FEATURES[1], batch.select([FEATURES[0], TARGET])),
+        ("learn", TARGET, batch.select(FEATURES)),
+    ]
+    for method, missing, bad in cases:
+        state = strategy.snapshot()
+        try:
+            getattr(strategy, method)(bad)
+        except Exception as e:  # noqa: BLE001 - any error type will do if it names the column
+            message = str(e)
+            if missing not in message:
+                raise AssertionError(
+                    f"{method} on a batch without {missing!r} raised "
+                    f"{type(e).__name__}({message!r}), which does not name the column"
+                ) from e
+            if message.strip("'\"") == missing:
+                raise AssertionError(
+                    f"{method} on a batch without {missing!r} raised a bare "
+                    f"{type(e).__name__}({message}); say what is missing and what the batch has"
+                ) from e
+        else:
+            raise AssertionError(f"{method} on a batch without column {missing!r} raised nothing")
+        assert_same(
+            strategy.snapshot(), state, f"snapshot() after the failed {method} without {missing!r}"
+        )
+
+
+def check_snapshot_is_plain(setup: _Setup) -> None:
+    """``snapshot()`` is a dict of plain data, unfitted and after learning."""
+    strategy = setup.make()
+    for when, batches in (("unfitted", []), ("after learning", setup.stream())):
+        for batch in batches:
+            strategy.learn(batch)
+        state = strategy.snapshot()
+        assert type(state) is dict, (
+            f"snapshot() ({when}) returned {type(state).__name__}, not a dict"
+        )
+        assert_plain(state, f"snapshot() ({when})")
+
+
+def check_clone_is_fresh(setup: _Setup) -> None:
+    """``clone()`` of a trained strategy: a new object with equal params and an unfitted state."""
+    stream = setup.stream()
+    strategy = setup.make()
+    for batch in stream:
+        strategy.learn(batch)
+    clone = strategy.clone()
+    assert type(clone) is setup.cls and clone is not strategy, "clone() must build a new instance"
+    assert_same(clone.params(), strategy.params(), "clone().params()")
+    clone.bind(check_schema(setup.task))
+    unfitted = setup.make()
+    assert_same(clone.snapshot(), unfitted.snapshot(), "clone().snapshot() vs an unfitted strategy")
+    last = stream[-1]
+    assert_same(clone.predict(last), unfitted.predict(last), "clone().predict vs an unfitted one")
+
+
+def check_does_not_mutate_input(setup: _Setup) -> None:
+    """``learn`` and ``predict`` leave their input batch unchanged."""
+    strategy = setup.make()
+    for i, batch in enumerate(setup.stream()):
+        before = copy_batch(batch)
+        strategy.predict(batch)
+        strategy.learn(batch)
+        assert_same(batch, before, f"input batch {i} after predict and learn")
+
+
+def check_on_drift_keeps_contract(setup: _Setup) -> None:
+    """After ``on_drift`` the strategy still learns, predicts and snapshots plain data."""
+    stream = setup.stream()
+    strategy = setup.make()
+    strategy.learn(stream[0])
+    half = stream[len(stream) // 2]
+    event = DriftEvent(half.stream_id, half.first_offset or 0, "ADWIN", "x0", "check", 1.0)
+    strategy.on_drift(event)
+    for i, batch in enumerate(stream[1:], start=1):
+        samples = strategy.learn(batch).samples
+        assert samples == len(batch), (
+            f"after on_drift, learn on batch {i} reported {samples} samples"
+        )
+        preds = strategy.predict(batch)
+        assert len(preds) == len(batch), (
+            f"after on_drift, predict gave {len(preds)} values for {len(batch)} rows"
+        )
+    assert_plain(strategy.snapshot(), "snapshot() after on_drift")
+
+
+STRATEGY_CHECKS: tuple[Callable[[_Setup], None], ...] = (
+    check_learn_returns_report,
+    check_predict_returns_array,
+    check_predict_is_pure,
+    check_snapshot_restore_identical,
+    check_same_seed_same_results,
+    check_empty_learn_is_noop,
+    check_wrong_schema_clear_error,
+    check_snapshot_is_plain,
+    check_clone_is_fresh,
+    check_does_not_mutate_input,
+    check_on_drift_keeps_contract,
+)
+
+
+def yield_strategy_checks(
+    strategy_cls: type[Strategy], *, seed: int = 42
+) -> Iterator[Callable[[], None]]:
+    """Yield the strategy checks for ``strategy_cls`` (see module docstring).
+
+    The instance's ``task`` (read from one built with ``_unit_test_params()``,
+    since adapters such as `RiverStrategy` decide it from their estimator) picks
+    the check schema.
+    """
+    params = strategy_cls._unit_test_params()
+    task = strategy_cls(**params).task
+    if task not in ("regression", "classification"):
+        raise ValueError(
+            f"{strategy_cls.__name__}.task is {task!r}; expected 'regression' or 'classification'"
+        )
+    setup = _Setup(strategy_cls, params, task, seed)
+    for check in STRATEGY_CHECKS:
+        yield named_check(check, setup)
+
+
+def check_strategy(strategy_cls: type[Strategy], **kwargs: Any) -> None:
+    """Run every strategy check on ``strategy_cls``; the first failure raises."""
+    for check in yield_strategy_checks(strategy_cls, **kwargs):
+        check()
