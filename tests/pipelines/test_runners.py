@@ -188,3 +188,31 @@ def test_ray_runner_sinks_and_backpressure_setting(keyed_recording, ray_session)
     assert sink.rows == 2400
     assert [b.first_offset for b in sink.batches] == sorted(b.first_offset for b in sink.batches)
     assert result.summary["per_link"]["rows_scored"] == 2400
+
+
+class _Fragile(tf.RiverStrategy):
+    """Fails to learn on one batch, as a buggy strategy or a poisoned batch would."""
+
+    def learn(self, batch):
+        if batch.first_offset == 300:
+            raise RuntimeError("boom")
+        return super().learn(batch)
+
+
+def test_a_failing_strategy_is_counted_and_the_job_goes_on():
+    src = tf.SyntheticSource("friedman-drift", n=1000, batch_size=100)
+    p = (tf.Pipeline("fragile").source(src).validate()
+         .learn(_Fragile(linear_model.LinearRegression()), name="fragile")
+         .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="sound"))
+    result = p.run(runner="local", tracking=False, progress=False)
+    assert result.summary["fragile"]["errors"] == 1
+    assert "boom" in result.summary["fragile"]["first_error"]
+    assert result.summary["fragile"]["samples_trained"] == 900
+    assert result.summary["sound"]["samples_trained"] == 1000 and result.summary["sound"]["errors"] == 0
+
+
+def test_classifier_on_a_float_target_is_a_graph_error():
+    src = tf.SyntheticSource("friedman-drift", n=100)
+    p = tf.Pipeline("p").source(src).learn(tf.RiverStrategy(tree.HoeffdingTreeClassifier()), name="tree")
+    with pytest.raises(tf.GraphError, match="learn step 'tree'.*classifier but target 'y' is double"):
+        p.build()

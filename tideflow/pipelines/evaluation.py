@@ -83,6 +83,7 @@ class LearnResult:
     fits: int = 0
     train_seconds: float = 0.0
     events: list[DriftEvent] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # strategy exceptions, one line each
 
     def merge(self, other: LearnResult) -> None:
         self.parts.update(other.parts)
@@ -90,6 +91,7 @@ class LearnResult:
         self.fits += other.fits
         self.train_seconds += other.train_seconds
         self.events.extend(other.events)
+        self.errors.extend(other.errors)
 
     def combined(self) -> Scores:
         total = Scores()
@@ -175,7 +177,12 @@ class Learner:
         parts = self._split(batch)
         for k, part in parts:
             inst = self._instance(k)
-            preds = inst.predict(part)
+            try:
+                preds = inst.predict(part)
+            except Exception as exc:  # noqa: BLE001 - a long-lived job must survive one bad batch
+                result.errors.append(f"predict on offsets {part.first_offset}..{part.last_offset}: "
+                                     f"{type(exc).__name__}: {exc}")
+                continue
             scores, errors = score(self.task, preds, part.numpy(self.template.target))
             result.parts[k] = scores
             det = self._detector(k)
@@ -188,21 +195,26 @@ class Learner:
         # labels arrive label_delay batches after the prediction
         while self._pending and self._pending[0][0] <= seq - self.label_delay:
             _, k, part = self._pending.popleft()
-            report = self._instance(k).learn(part)
-            result.samples += report.samples
-            result.fits += report.fits
-            result.train_seconds += report.train_seconds
+            self._learn(k, part, result)
         return result
+
+    def _learn(self, k: Any, part: Batch, result: LearnResult) -> None:
+        try:
+            report = self._instance(k).learn(part)
+        except Exception as exc:  # noqa: BLE001 - counted and reported, the job goes on
+            result.errors.append(f"learn on offsets {part.first_offset}..{part.last_offset}: "
+                                 f"{type(exc).__name__}: {exc}")
+            return
+        result.samples += report.samples
+        result.fits += report.fits
+        result.train_seconds += report.train_seconds
 
     def finish(self) -> LearnResult:
         """Learn from labels still queued when the stream ends (no scoring left to do)."""
         result = LearnResult(-1)
         while self._pending:
             _, k, part = self._pending.popleft()
-            report = self._instance(k).learn(part)
-            result.samples += report.samples
-            result.fits += report.fits
-            result.train_seconds += report.train_seconds
+            self._learn(k, part, result)
         return result
 
     def snapshot(self) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class Collector:
         self.tasks = {s.name: s.op.task for s in graph.learners}
         self.totals = {s.name: Scores() for s in graph.learners}
         self.compute = {s.name: {"samples": 0, "fits": 0, "train_seconds": 0.0} for s in graph.learners}
+        self.errors: dict[str, list[str]] = {s.name: [] for s in graph.learners}
         self.per_batch: dict[str, list[dict[str, Any]]] = {s.name: [] for s in graph.learners}
         self.quarantine_counts: dict[str, int] = {}
         self.quarantine = QuarantineWriter(output_dir / "quarantine.arrow")
@@ -128,12 +129,25 @@ class Collector:
             for e in res.events:
                 self.events.append(e)
                 metrics["drift_offset"] = float(e.offset)
+            if res.errors:
+                self._errors(name, res.errors)
+                metrics["strategy_errors"] = float(len(self.errors[name]))
             self.tracker.log_metrics(name, metrics, step=seq)
         if self.progress is not None:
             self.progress(rows)
 
+    def _errors(self, name: str, errors: list[str]) -> None:
+        import logging
+
+        if not self.errors[name]:
+            logging.getLogger("tideflow").warning("strategy %r failed on a batch (the job goes on): %s",
+                                                  name, errors[0])
+        self.errors[name].extend(errors)
+
     def finish(self, results: dict[str, LearnResult]) -> None:
         for name, res in results.items():
+            if res.errors:
+                self._errors(name, res.errors)
             c = self.compute[name]
             c["samples"] += res.samples
             c["fits"] += res.fits
@@ -153,6 +167,8 @@ class Collector:
                 "fits": self.compute[name]["fits"],
                 "train_seconds": round(self.compute[name]["train_seconds"], 4),
                 "error_drift_events": events,
+                "errors": len(self.errors[name]),
+                "first_error": self.errors[name][0] if self.errors[name] else None,
             }
         return out
 
@@ -310,7 +326,8 @@ def run_graph(
         final.update({f"quarantine.{k}": float(v) for k, v in result.quarantine.items()})
         tracker.log_metrics(None, final, step=collector.batches)
         for name, s in summary.items():
-            tracker.log_metrics(name, {f"final_{k}": float(v) for k, v in s.items() if isinstance(v, (int, float))},
+            tracker.log_metrics(name, {f"final_{k}": float(v) for k, v in s.items()
+                                       if isinstance(v, (int, float)) and not isinstance(v, bool)},
                                 step=collector.batches)
         tracker.log_dict(summary_doc, "summary.json")
         if collector.quarantine.rows:
@@ -375,6 +392,9 @@ def print_summary_table(result: RunResult) -> None:
     # a pipe or CI log is not a terminal: rich would wrap the table at 80 columns
     console = Console() if sys.stdout.isatty() else Console(width=150)
     console.print(table)
+    for name, s in result.summary.items():
+        if s["errors"]:
+            console.print(f"[red]{name}: {s['errors']} failed batch step(s); first: {s['first_error']}")
     upstream = [e for e in result.drift_events if e.step not in result.summary]
     if upstream:
         console.print(f"drift events from detectors: {len(upstream)} (first at offsets "

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from tideflow.stream.batch import Batch
+from tideflow.stream.batch import Batch, is_tensor_type
 from tideflow.stream.drift import DriftEvent
 from tideflow.stream.operator import Operator
 from tideflow.stream.schema import Schema
@@ -65,6 +65,12 @@ class Strategy(Operator):
         if self.target not in schema.fields:
             raise SchemaError(
                 f"{type(self).__name__}: target column {self.target!r} is not in the schema ({schema.names})"
+            )
+        target_type = schema.fields[self.target].type
+        if self.task == "classification" and (pa.types.is_floating(target_type) or is_tensor_type(target_type)):
+            raise SchemaError(
+                f"{type(self).__name__} is a classifier but target {self.target!r} is {target_type}; "
+                "classification needs integer, boolean or string labels"
             )
         if self.features is None:
             self.features = [n for n in schema.feature_names if n != self.target]
