@@ -22,8 +22,11 @@ class, each named after the promise it tests, so that pytest ids read like
 ``does_not_mutate_input``          ``process`` leaves its input batch as it was
 =================================  ==========================================================
 
-Strategies have their own suite (``tideflow/strategies/checks.py``), built on the
-helpers here (`assert_plain`, `assert_same`, `check_stream`).
+Outputs are compared as Arrow data, side outputs (drift events, quarantine
+tables) after every batch, and twins also by their whole snapshot: an
+operator's state is written by hand and must come back exactly. Strategies have
+their own suite (``tideflow/strategies/checks.py``), built on the helpers here
+(`assert_plain`, `assert_same`, `check_stream`).
 
 How an operator is picked up: defining a concrete subclass of `Operator`
 registers it in ``tideflow.stream.operator.REGISTRY`` (``__init_subclass__``);

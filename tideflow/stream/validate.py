@@ -62,9 +62,19 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
+def _finite(v: Any) -> Any:
+    # JSON has no NaN/inf: write them as strings, also inside tensors and lists
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return v
+
+
 def _row_json(row: dict[str, Any]) -> str:
-    clean = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    return json.dumps(clean, default=_json_default, allow_nan=False)
+    return json.dumps(_finite(row), default=_json_default, allow_nan=False)
 
 
 def quarantine_table(
