@@ -212,7 +212,16 @@ def machine_info() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "loadavg_at_start": _loadavg(),
     }
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: a busy machine (other jobs) makes every number here lower."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _cpu_model() -> str | None:
@@ -272,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[bold]runner overhead[/]: {STREAM} seed={SEED}, {args.events:,} events recorded, "
                   f"batch sizes {batch_sizes}, repeats {args.repeats}, "
                   f"{info['cpu_affinity'] or info['cpu_count']} CPUs, python {info['python']}, "
-                  f"ray {info['ray']}, pyarrow {info['pyarrow']}")
+                  f"ray {info['ray']}, pyarrow {info['pyarrow']}, load average {info['loadavg_at_start']}")
 
     rows_out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tideflow-bench-") as tmp:
@@ -376,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print("ray ev/s includes actor start-up (4 actors per run); 'steady' skips the first max(3, 10%) "
                   "batches; ray.init is excluded.")
-    console.print(f"total wall time {total_s:.1f} s")
+    info["loadavg_at_end"] = _loadavg()
+    console.print(f"total wall time {total_s:.1f} s; load average at start {info['loadavg_at_start']}, "
+                  f"at end {info['loadavg_at_end']} (other processes on the machine skew the numbers)")
 
     doc = {
         "benchmark": "runner_overhead",
