@@ -155,7 +155,7 @@ class AvalancheStrategy(Strategy):
         import torch
         from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
         from avalanche.benchmarks.utils import DataAttribute
-        from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+        from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
         from torch.utils.data import TensorDataset
 
         self._check_columns(batch, need_target=True)
@@ -167,7 +167,8 @@ class AvalancheStrategy(Strategy):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise SchemaError(f"AvalancheStrategy: labels outside 0..{self.n_classes - 1}")
         tasks = torch.zeros(len(y), dtype=torch.long)
-        data = ClassificationDataset(
+        # task-aware: LwF and other plugins look up the experience's task set
+        data = TaskAwareClassificationDataset(
             [TensorDataset(x, y)],
             data_attributes=[
                 DataAttribute(y, "targets"),

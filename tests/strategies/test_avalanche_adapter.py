@@ -1,0 +1,47 @@
+"""Avalanche's own strategies run inside tideflow: each batch one experience, learned by their loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tideflow as tf
+
+SCHEMA = tf.Schema({"x0": "float64", "x1": "float64", "y": "int64"}, target="y")
+
+
+def _stream(n_batches, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(n_batches):
+        x = rng.normal(size=(128, 2))
+        yield tf.Batch.from_pydict({"x0": x[:, 0], "x1": x[:, 1], "y": (x[:, 0] + x[:, 1] > 0).astype(int)},
+                                   first_offset=i * 128)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name, kwargs", [("Naive", {}), ("Replay", {"mem_size": 200}),
+                                          ("EWC", {"ewc_lambda": 0.5}), ("LwF", {"alpha": 0.5, "temperature": 2.0})])
+def test_avalanche_strategies_learn_a_separable_stream(name, kwargs):
+    s = tf.AvalancheStrategy(name, n_classes=2, hidden=16, lr=0.1, strategy_kwargs=kwargs, seed=1)
+    s.bind(SCHEMA)
+    batches = list(_stream(25))
+    for b in batches[:-1]:
+        report = s.learn(b)
+        assert report.samples == 128 and report.fits == 1
+    accuracy = np.mean(np.array(s.predict(batches[-1]).to_pylist()) == batches[-1].numpy("y"))
+    assert accuracy > 0.85, f"{name} reached only {accuracy:.2f}"
+
+
+def test_labels_outside_the_declared_classes_are_a_clear_error():
+    s = tf.AvalancheStrategy("Naive", n_classes=2)
+    s.bind(SCHEMA)
+    b = tf.Batch.from_pydict({"x0": [0.0], "x1": [0.0], "y": [5]})
+    with pytest.raises(ValueError, match=r"labels outside 0\.\.1"):
+        s.learn(b)
+
+
+def test_unknown_avalanche_strategy_is_named():
+    s = tf.AvalancheStrategy("NoSuchThing", n_classes=2)
+    s.bind(SCHEMA)
+    with pytest.raises(ValueError, match="NoSuchThing"):
+        s.predict(next(_stream(1)))
