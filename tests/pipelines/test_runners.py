@@ -79,9 +79,18 @@ def test_local_and_ray_give_identical_metrics_classification(classification_reco
 
 
 def test_local_and_ray_give_identical_metrics_keyed(keyed_recording, ray_session):
-    local = _keyed_pipeline(keyed_recording).run(runner="local", tracking=False, progress=False)
-    on_ray = _keyed_pipeline(keyed_recording).run(runner="ray", tracking=False, progress=False)
+    local = _keyed_pipeline(keyed_recording).run(runner="local", tracking=False, progress=False,
+                                                 keep_predictions=True)
+    on_ray = _keyed_pipeline(keyed_recording).run(runner="ray", tracking=False, progress=False,
+                                                  keep_predictions=True)
     assert _comparable(local.per_batch) == _comparable(on_ray.per_batch)
+    for name in ("shared", "per_link"):
+        mine, theirs = local.predictions[name], on_ray.predictions[name]
+        assert mine["offset"].tolist() == list(range(2400)) == theirs["offset"].tolist()
+        assert np.array_equal(mine["prediction"], theirs["prediction"])
+        # the per-batch MAE is the mean of these very predictions' errors
+        first = np.abs(mine["prediction"][:200] - mine["truth"][:200]).mean()
+        assert first == pytest.approx(local.per_batch[name][0]["mae"])
     # one model per link fits per-link slopes; one shared model cannot
     assert local.summary["per_link"]["mae"] < 0.7 * local.summary["shared"]["mae"]
     # the flip halfway is caught by the error detector of the per-link models

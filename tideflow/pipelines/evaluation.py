@@ -45,19 +45,26 @@ class Scores:
     abs_sum: float = 0.0
     sq_sum: float = 0.0
     correct: int = 0
+    ape_sum: float = 0.0  # sum of |error| / |truth| over rows whose truth is not 0
+    ape_n: int = 0
 
     def add(self, other: Scores) -> None:
         self.n += other.n
         self.abs_sum += other.abs_sum
         self.sq_sum += other.sq_sum
         self.correct += other.correct
+        self.ape_sum += other.ape_sum
+        self.ape_n += other.ape_n
 
     def metrics(self, task: str) -> dict[str, float]:
         if self.n == 0:
             return {"rows_scored": 0}
         if task == "classification":
             return {"rows_scored": self.n, "accuracy": self.correct / self.n}
-        return {"rows_scored": self.n, "mae": self.abs_sum / self.n, "rmse": math.sqrt(self.sq_sum / self.n)}
+        out = {"rows_scored": self.n, "mae": self.abs_sum / self.n, "rmse": math.sqrt(self.sq_sum / self.n)}
+        if self.ape_n:
+            out["mape"] = 100.0 * self.ape_sum / self.ape_n  # percent, rows with a zero truth left out
+        return out
 
 
 def score(task: str, predictions: Any, truth: np.ndarray) -> tuple[Scores, np.ndarray]:
@@ -68,9 +75,13 @@ def score(task: str, predictions: Any, truth: np.ndarray) -> tuple[Scores, np.nd
         wrong = np.array([p is None or p != t for p, t in zip(pred, true)], dtype=float)
         return Scores(n=len(true), correct=int(len(true) - wrong.sum())), wrong
     pred = predictions.to_numpy(zero_copy_only=False).astype(np.float64)
-    err = pred - truth.astype(np.float64)
+    true = truth.astype(np.float64)
+    err = pred - true
     abs_err = np.abs(err)
-    return Scores(n=len(err), abs_sum=float(abs_err.sum()), sq_sum=float((err * err).sum())), abs_err
+    nonzero = true != 0
+    ape = float((abs_err[nonzero] / np.abs(true[nonzero])).sum())
+    return Scores(n=len(err), abs_sum=float(abs_err.sum()), sq_sum=float((err * err).sum()),
+                  ape_sum=ape, ape_n=int(nonzero.sum())), abs_err
 
 
 @dataclass
@@ -84,6 +95,8 @@ class LearnResult:
     train_seconds: float = 0.0
     events: list[DriftEvent] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # strategy exceptions, one line each
+    # (offsets, predictions, truth) per scored part, when the run keeps predictions
+    predictions: list[tuple[list[int], list[Any], list[Any]]] = field(default_factory=list)
 
     def merge(self, other: LearnResult) -> None:
         self.parts.update(other.parts)
@@ -92,6 +105,7 @@ class LearnResult:
         self.train_seconds += other.train_seconds
         self.events.extend(other.events)
         self.errors.extend(other.errors)
+        self.predictions.extend(other.predictions)
 
     def combined(self) -> Scores:
         total = Scores()
@@ -119,7 +133,8 @@ class Learner:
     def __init__(self, name: str, strategy: Strategy, schema: Schema, *, key: str | None = None,
                  shard: tuple[int, int] = (0, 1), detector: str | None = None,
                  detector_params: dict[str, Any] | None = None,
-                 accept_events_from: set[str] | None = None, label_delay: int = 0) -> None:
+                 accept_events_from: set[str] | None = None, label_delay: int = 0,
+                 keep_predictions: bool = False) -> None:
         self.name = name
         self.template = strategy
         self.schema = schema
@@ -129,6 +144,7 @@ class Learner:
         self.detector_params = dict(detector_params or {})
         self.accept_events_from = accept_events_from
         self.label_delay = label_delay
+        self.keep_predictions = keep_predictions
         self.task = strategy.task
         self.instances: dict[Any, Strategy] = {}
         self.detectors: dict[Any, RiverDetector] = {}
@@ -183,8 +199,11 @@ class Learner:
                 result.errors.append(f"predict on offsets {part.first_offset}..{part.last_offset}: "
                                      f"{type(exc).__name__}: {exc}")
                 continue
-            scores, errors = score(self.task, preds, part.numpy(self.template.target))
+            truth = part.numpy(self.template.target)
+            scores, errors = score(self.task, preds, truth)
             result.parts[k] = scores
+            if self.keep_predictions:
+                result.predictions.append((part.offsets.tolist(), preds.to_pylist(), truth.tolist()))
             det = self._detector(k)
             if det is not None:
                 fired = det.update(errors, offsets=part.offsets, stream_id=part.stream_id)

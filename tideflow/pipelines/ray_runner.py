@@ -150,7 +150,7 @@ def _learner_cpus(graph: Graph, ray: Any) -> dict[str, float]:
 
 
 def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, max_batches: int | None,
-               max_in_flight: int = 4, address: str | None = None) -> None:
+               max_in_flight: int = 4, address: str | None = None, keep_predictions: bool = False) -> None:
     from tideflow.pipelines.run import make_learner
 
     ray = ensure_ray(address)
@@ -168,7 +168,7 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
         learners[s.name] = [
             cls.options(name=None).remote(
                 make_learner(graph, s.name, schema, label_delay=label_delay, shard=(i, n),
-                             strategy=s.op), cpus[s.name])
+                             strategy=s.op, keep_predictions=keep_predictions), cpus[s.name])
             for i in range(n)
         ]
     sinks = [s.op for s in graph.sinks]

@@ -42,6 +42,8 @@ class RunResult:
     seconds: float
     output_dir: Path
     run_id: str | None = None
+    # per strategy: {"offset", "prediction", "truth"} arrays sorted by offset (keep_predictions=True)
+    predictions: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,6 +90,8 @@ class Collector:
         self.totals = {s.name: Scores() for s in graph.learners}
         self.compute = {s.name: {"samples": 0, "fits": 0, "train_seconds": 0.0} for s in graph.learners}
         self.errors: dict[str, list[str]] = {s.name: [] for s in graph.learners}
+        self.predictions: dict[str, list[tuple[list[int], list[Any], list[Any]]]] = {
+            s.name: [] for s in graph.learners}
         self.per_batch: dict[str, list[dict[str, Any]]] = {s.name: [] for s in graph.learners}
         self.quarantine_counts: dict[str, int] = {}
         self.quarantine = QuarantineWriter(output_dir / "quarantine.arrow")
@@ -129,6 +133,7 @@ class Collector:
             for e in res.events:
                 self.events.append(e)
                 metrics["drift_offset"] = float(e.offset)
+            self.predictions[name].extend(res.predictions)
             if res.errors:
                 self._errors(name, res.errors)
                 metrics["strategy_errors"] = float(len(self.errors[name]))
@@ -153,6 +158,22 @@ class Collector:
             c["fits"] += res.fits
             c["train_seconds"] += res.train_seconds
         self.quarantine.close()
+
+    def prediction_arrays(self) -> dict[str, dict[str, Any]]:
+        import numpy as np
+
+        out: dict[str, dict[str, Any]] = {}
+        for name, parts in self.predictions.items():
+            if not parts:
+                continue
+            offsets = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
+            order = np.argsort(offsets, kind="stable")
+            preds = np.concatenate([np.asarray(p[1], dtype=object) for p in parts])[order]
+            truth = np.concatenate([np.asarray(p[2], dtype=object) for p in parts])[order]
+            if self.tasks[name] == "regression":
+                preds, truth = preds.astype(float), truth.astype(float)
+            out[name] = {"offset": offsets[order], "prediction": preds, "truth": truth}
+        return out
 
     def summary(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -198,13 +219,15 @@ class _NullTracker:
         pass
 
 
-def make_learners(graph: Graph, schema: Any, *, label_delay: int, shard: tuple[int, int] = (0, 1)) -> dict[str, Learner]:
+def make_learners(graph: Graph, schema: Any, *, label_delay: int, shard: tuple[int, int] = (0, 1),
+                  keep_predictions: bool = False) -> dict[str, Learner]:
     """One `Learner` per learn step (on the local runner: all keys in one)."""
-    return {s.name: make_learner(graph, s.name, schema, label_delay=label_delay, shard=shard) for s in graph.learners}
+    return {s.name: make_learner(graph, s.name, schema, label_delay=label_delay, shard=shard,
+                                 keep_predictions=keep_predictions) for s in graph.learners}
 
 
 def make_learner(graph: Graph, name: str, schema: Any, *, label_delay: int, shard: tuple[int, int] = (0, 1),
-                 strategy: Any = None) -> Learner:
+                 strategy: Any = None, keep_predictions: bool = False) -> Learner:
     step = graph.step(name)
     senders = {d.name for d in graph.chain if d.kind == "detect" and (d.to is None or name in d.to)}
     return Learner(
@@ -217,6 +240,7 @@ def make_learner(graph: Graph, name: str, schema: Any, *, label_delay: int, shar
         detector_params=step.detector_params,
         accept_events_from=senders,
         label_delay=label_delay,
+        keep_predictions=keep_predictions,
     )
 
 
@@ -247,6 +271,7 @@ def run_graph(
     max_in_flight: int = 4,
     ray_address: str | None = None,
     print_summary: bool = False,
+    keep_predictions: bool = False,
 ) -> RunResult:
     """Run a validated graph and return its `RunResult`.
 
@@ -261,6 +286,8 @@ def run_graph(
         max_in_flight: Ray runner: batches in flight at once (backpressure).
         ray_address: Ray runner: cluster to join (default ``RAY_ADDRESS``, else a local Ray).
         print_summary: print the summary table at the end.
+        keep_predictions: return every prediction with its offset and truth (for plots
+            and per-step analysis; memory grows with the stream).
     """
     if runner not in ("local", "ray"):
         raise ValueError(f"unknown runner {runner!r}: use 'local' or 'ray'")
@@ -295,12 +322,13 @@ def run_graph(
         if bar is not None:
             bar.start()
         if runner == "local":
-            _run_local(graph, schema, collector, label_delay=label_delay, max_batches=max_batches)
+            _run_local(graph, schema, collector, label_delay=label_delay, max_batches=max_batches,
+                       keep_predictions=keep_predictions)
         else:
             from tideflow.pipelines.ray_runner import run_on_ray
 
             run_on_ray(graph, schema, collector, label_delay=label_delay, max_batches=max_batches,
-                       max_in_flight=max_in_flight, address=ray_address)
+                       max_in_flight=max_in_flight, address=ray_address, keep_predictions=keep_predictions)
         status = "FINISHED"
     finally:
         if bar is not None:
@@ -312,7 +340,7 @@ def run_graph(
             pipeline=graph.name, runner=runner, summary=summary, per_batch=collector.per_batch,
             quarantine=dict(collector.quarantine_counts), drift_events=collector.events,
             rows=collector.rows, batches=collector.batches, seconds=seconds, output_dir=out,
-            run_id=tracker.run_id,
+            run_id=tracker.run_id, predictions=collector.prediction_arrays(),
         )
         summary_doc = {
             "pipeline": graph.name, "runner": runner, "rows": result.rows, "batches": result.batches,
@@ -338,8 +366,9 @@ def run_graph(
     return result
 
 
-def _run_local(graph: Graph, schema: Any, collector: Collector, *, label_delay: int, max_batches: int | None) -> None:
-    learners = make_learners(graph, schema, label_delay=label_delay)
+def _run_local(graph: Graph, schema: Any, collector: Collector, *, label_delay: int, max_batches: int | None,
+               keep_predictions: bool = False) -> None:
+    learners = make_learners(graph, schema, label_delay=label_delay, keep_predictions=keep_predictions)
     chain = [s.op for s in graph.chain]
     sinks = [s.op for s in graph.sinks]
     for seq, batch in enumerate(graph.source.op.batches()):
@@ -381,13 +410,13 @@ def print_summary_table(result: RunResult) -> None:
 
     table = Table(title=f"{result.pipeline} on the {result.runner} runner: {result.rows} events, "
                         f"{result.batches} batches, {result.seconds:.1f} s ({result.events_per_second:,.0f} events/s)")
-    for col in ("strategy", "task", "rows scored", "accuracy", "MAE", "RMSE", "trained on", "fits",
+    for col in ("strategy", "task", "rows scored", "accuracy", "MAE", "RMSE", "MAPE %", "trained on", "fits",
                 "train s", "drift (error)"):
         table.add_column(col, justify="left" if col in ("strategy", "task") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, s in result.summary.items():
         table.add_row(name, s["task"], str(s["rows_scored"]), fmt(s.get("accuracy")), fmt(s.get("mae")),
-                      fmt(s.get("rmse")), str(s["samples_trained"]), str(s["fits"]), f"{s['train_seconds']:.2f}",
+                      fmt(s.get("rmse")), fmt(s.get("mape")), str(s["samples_trained"]), str(s["fits"]), f"{s['train_seconds']:.2f}",
                       str(s["error_drift_events"]))
     # a pipe or CI log is not a terminal: rich would wrap the table at 80 columns
     console = Console() if sys.stdout.isatty() else Console(width=150)
