@@ -164,6 +164,9 @@ def source_from_spec(spec: str) -> Source:
         if not eq:
             raise ValueError(f"bad source option {part!r} in {spec!r}: expected key=value")
         kwargs[key.strip()] = _parse_value(value.strip())
+    if name == "linkload":  # imported lazily: topohub and networkx only for link-load streams
+        from tideflow.connectors.linkload import LinkLoadSource
+        return LinkLoadSource(**kwargs)
     if "position" in kwargs:
         kwargs["position"] = int(kwargs["position"])
     return SyntheticSource(name, **kwargs)
