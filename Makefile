@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tideflow run drift --runner ray
+	$(BIN)/tideflow run linkload --runner ray
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -91,4 +91,6 @@ def test_errors_are_clear_and_not_tracebacks(tmp_path):
 
 def test_show_prints_the_default_graph(tmp_path):
     out = _run(["show"], tmp_path).stdout
-    assert "Pipeline 'drift'" in out and "graph hash:" in out
+    assert "Pipeline 'linkload'" in out and "graph hash:" in out
+    out = _run(["show", "drift"], tmp_path).stdout
+    assert "Pipeline 'drift'" in out

@@ -20,13 +20,24 @@ from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import StepReport, Strategy
+from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
+from tideflow.strategies.liquid import LiquidForecaster
 from tideflow.strategies.river_adapter import RiverStrategy
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvalancheStrategy", "Batch", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
+    "AvalancheStrategy", "Batch", "FrozenGRU", "FrozenMLP", "IncrementalRefit", "LiquidForecaster",
+    "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
     "tensor_array",
 ]
+
+
+def __getattr__(name: str):  # the link-load source needs topohub; import it on first use
+    if name == "LinkLoadSource":
+        from tideflow.connectors.linkload import LinkLoadSource
+
+        return LinkLoadSource
+    raise AttributeError(f"module 'tideflow' has no attribute {name!r}")

@@ -3,6 +3,7 @@
     tideflow run [PIPELINE] [--runner ray|local]       run a ready pipeline (default: drift on local Ray)
     tideflow record SOURCE -o stream.arrow             write a source to a recording
     tideflow replay stream.arrow --pipeline NAME|FILE  replay a recording through a pipeline
+    tideflow compare linkload [--seeds 0,1,2]           run a comparison and write its table
     tideflow show PIPELINE                             print a pipeline's graph
     tideflow list                                      list ready pipelines and sources
 """
@@ -44,7 +45,10 @@ def _run(pipeline: Any, args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         max_in_flight=args.max_in_flight,
         print_summary=True,
+        keep_predictions=bool(pipeline.reporters),
     )
+    for reporter in pipeline.reporters:
+        reporter(result)
     if args.json:
         doc = json.loads((result.output_dir / "summary.json").read_text())
         doc["per_batch"] = result.per_batch
@@ -79,6 +83,23 @@ def cmd_record(args: argparse.Namespace) -> int:
     info = record(source, args.output, max_batches=args.max_batches, progress=not args.no_progress)
     print(f"recorded {info['rows']} events in {info['batches']} batches "
           f"(offsets {info['first_offset']}..{info['last_offset']}) to {info['path']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.experiment_name != "linkload":
+        raise ValueError(f"unknown comparison {args.experiment_name!r}; known: linkload")
+    from tideflow.pipelines.ready.linkload import compare
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    doc = compare(topologies=split(args.topologies), scenarios=split(args.scenarios),
+                  seeds=[int(x) for x in split(args.seeds)], set=args.set, normalisation=args.normalisation,
+                  runner=args.runner, tracking=args.tracking, out=Path(args.out), progress=not args.no_progress,
+                  jobs=args.jobs)
+    print(Path(args.out).with_suffix(".md").read_text())
+    print(f"wrote {Path(args.out).with_suffix('.json')} and .md in {doc['seconds']:.0f} s")
     return 0
 
 
@@ -136,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("compare", help="run a ready comparison (several streams and seeds) and write its table")
+    p.add_argument("experiment_name", choices=("linkload",), help="which comparison")
+    p.add_argument("--topologies", default="abilene,geant")
+    p.add_argument("--scenarios", default="drastic,moderate")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--set", default="full", help="strategy set: full or default")
+    p.add_argument("--normalisation", default="global", choices=("global", "window"))
+    p.add_argument("--runner", default="local", choices=("local", "ray"))
+    p.add_argument("--tracking", action="store_true", help="log every run to MLflow (off: many points)")
+    p.add_argument("--out", default="results/linkload", help="writes OUT.json and OUT.md")
+    p.add_argument("--jobs", type=int, default=1, help="configurations run at once (one process each)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("show", help="print a pipeline's graph after validating it")
     p.add_argument("pipeline", nargs="?", default=DEFAULT)

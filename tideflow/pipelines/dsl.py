@@ -55,6 +55,8 @@ class Pipeline:
     def __init__(self, name: str) -> None:
         self.name = name
         self._steps: list[Step] = []
+        # callables (result) -> None run by the CLI after a run: tables, plots of a ready pipeline
+        self.reporters: list[Any] = []
 
     # -- steps --------------------------------------------------------------------
     def source(self, source: Source, *, name: str = "source") -> Pipeline:
@@ -130,6 +132,11 @@ class Pipeline:
         if not isinstance(sink, Sink):
             raise TypeError(f"sink must be a tideflow Sink, got {type(sink).__name__}")
         self._steps.append(Step(name or default_name(sink), "sink", sink))
+        return self
+
+    def report(self, reporter: Any) -> Pipeline:
+        """Add a reporter ``reporter(result)`` that the CLI calls after the run (tables, plots)."""
+        self.reporters.append(reporter)
         return self
 
     # -- build and run ------------------------------------------------------------

@@ -13,12 +13,14 @@ from typing import Any, Callable
 from tideflow.connectors.base import Source
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.ready.drift import build as build_drift
+from tideflow.pipelines.ready.linkload import build as build_linkload
 
 PIPELINES: dict[str, Callable[..., Pipeline]] = {
+    "linkload": build_linkload,
     "drift": build_drift,
 }
 
-DEFAULT = "drift"
+DEFAULT = "linkload"
 
 
 def load_pipeline(name_or_file: str, source: Source | None = None, **options: Any) -> Pipeline:
