@@ -63,6 +63,26 @@ class Source:
         """Release files or connections (default: nothing to release)."""
 
 
+class RowIndexedSource(Source):
+    """A source whose offsets are the row numbers ``0 .. num_rows - 1`` and which can
+    generate from any of them, so ``seek`` is just a jump."""
+
+    _next: int = 0
+
+    @property
+    def num_rows(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def position(self) -> int:
+        return self._next
+
+    def seek(self, offset: int) -> None:
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        self._next = min(int(offset), self.num_rows)
+
+
 class Sink:
     """Receives the batches that leave the data path (after detection), in order."""
 

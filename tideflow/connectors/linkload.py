@@ -132,7 +132,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tideflow.connectors.base import Source
+from tideflow.connectors.base import RowIndexedSource
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
 
@@ -329,7 +329,7 @@ def _dijkstra(adj: list[list[tuple[int, float, int]]], source: int) -> np.ndarra
 
 
 # -- the source ---------------------------------------------------------------------------
-class LinkLoadSource(Source):
+class LinkLoadSource(RowIndexedSource):
     """Per-link load time series of a backbone under failures (see module docstring).
 
     Args:
@@ -744,15 +744,6 @@ class LinkLoadSource(Source):
             "failure_states": [dict(s) for s in self.states],
             "leaky_columns": list(self.leaky_columns),
         }
-
-    @property
-    def position(self) -> int:
-        return self._next
-
-    def seek(self, offset: int) -> None:
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
-        self._next = min(int(offset), self.num_rows)
 
     def batches(self) -> Iterator[Batch]:
         k = self.rows_per_step

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from tideflow.connectors.base import Source
+from tideflow.connectors.base import RowIndexedSource, Source
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
 
@@ -77,7 +77,7 @@ STREAMS: dict[str, tuple[Callable[[int, int, int], Any], list[str], pa.DataType]
 }
 
 
-class SyntheticSource(Source):
+class SyntheticSource(RowIndexedSource):
     """A River synthetic stream in batches (see module docstring).
 
     Args:
@@ -111,20 +111,15 @@ class SyntheticSource(Source):
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), **self.params()}
 
+    @property
+    def num_rows(self) -> int:
+        return self.n
+
     def schema(self) -> Schema:
         _, features, label_type = STREAMS[self.name]
         spec: dict[str, Any] = {f: "float64" for f in features}
         spec["y"] = label_type
         return Schema(spec, target="y")
-
-    @property
-    def position(self) -> int:
-        return self._next
-
-    def seek(self, offset: int) -> None:
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
-        self._next = min(int(offset), self.n)
 
     def batches(self) -> Iterator[Batch]:
         factory, features, label_type = STREAMS[self.name]

@@ -127,7 +127,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tideflow.connectors.base import Source
+from tideflow.connectors.base import RowIndexedSource
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
 
@@ -278,7 +278,7 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
-class WeatherSource(Source):
+class WeatherSource(RowIndexedSource):
     """Hourly observations of EWR, JFK and LGA in 2013 as a seekable feed (see module docstring).
 
     Args:
@@ -402,15 +402,6 @@ class WeatherSource(Source):
             counts = np.isnan(nb).sum(axis=0)
             out.update({f"nb{k + 1}_{v}": int(c) for v, c in zip(VARIABLES, counts)})
         return out
-
-    @property
-    def position(self) -> int:
-        return self._next
-
-    def seek(self, offset: int) -> None:
-        if offset < 0:
-            raise ValueError("offset must be >= 0")
-        self._next = min(int(offset), self.num_rows)
 
     def batches(self) -> Iterator[Batch]:
         pacer = None
