@@ -14,6 +14,17 @@ from tideflow.stream.batch import Batch
 from tideflow.stream.schema import Schema
 
 
+def as_bool(value: Any) -> bool:
+    """A boolean option that may arrive as text from a source spec (``ecmp=true``)."""
+    if isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return bool(value)
+
+
 class Source:
     """Base class of every source (see module docstring)."""
 

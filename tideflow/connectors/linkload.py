@@ -132,7 +132,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tideflow.connectors.base import RowIndexedSource
+from tideflow.connectors.base import RowIndexedSource, as_bool
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
 
@@ -393,8 +393,8 @@ class LinkLoadSource(RowIndexedSource):
         self.noise = float(noise)
         self.growth = float(growth)
         self.routing = routing
-        self.ecmp = _as_bool(ecmp)
-        self.directed = _as_bool(directed)
+        self.ecmp = as_bool(ecmp)
+        self.directed = as_bool(directed)
         self.demand_model = demands
         self.gravity_total = float(gravity_total)
         self.capacity_factor = float(capacity_factor)
@@ -788,12 +788,3 @@ class LinkLoadSource(RowIndexedSource):
         data = pa.RecordBatch.from_pydict(cols, schema=self._arrow_schema)
         return Batch(data, self.stream_id)
 
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    return bool(value)

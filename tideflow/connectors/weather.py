@@ -127,7 +127,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tideflow.connectors.base import RowIndexedSource
+from tideflow.connectors.base import RowIndexedSource, as_bool
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
 
@@ -268,15 +268,6 @@ def _default_table() -> _Table:
     return _prepare(load_table())
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    return bool(value)
-
 
 class WeatherSource(RowIndexedSource):
     """Hourly observations of EWR, JFK and LGA in 2013 as a seekable feed (see module docstring).
@@ -318,7 +309,7 @@ class WeatherSource(RowIndexedSource):
                              f"({list(self._table.stations)})")
         self.stations = tuple(sorted(names))
         self.target = target
-        self.neighbours = _as_bool(neighbours)
+        self.neighbours = as_bool(neighbours)
         self.batch_hours = int(batch_hours)
         self.speed = None if speed is None else float(speed)
         self.stream_id = f"weather-{'-'.join(self.stations)}"
