@@ -94,3 +94,10 @@ def test_show_prints_the_default_graph(tmp_path):
     assert "Pipeline 'linkload'" in out and "graph hash:" in out
     out = _run(["show", "drift"], tmp_path).stdout
     assert "Pipeline 'drift'" in out
+
+
+def test_list_names_every_source_kind(tmp_path):
+    out = _run(["list"], tmp_path).stdout
+    for name in ("linkload (default)", "drift", "sea-drift", "friedman-drift", "agrawal-drift", "linkload  options",
+                 "weather  options"):
+        assert name in out

@@ -124,6 +124,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("sources (tideflow record NAME[:key=value,...]):")
     for name in STREAMS:
         print(f"  {name}  options: n, batch_size, seed, position, width")
+    print("  linkload  options: topology (abilene, geant, topozoo/...), scenario (drastic, moderate, none), seed, "
+          "days, links (target, all), batch_steps, ... (tideflow.connectors.linkload)")
+    print("  weather  options: stations (EWR;JFK;LGA), target, neighbours, batch_hours (tideflow.connectors.weather)")
+    print("  PATH.arrow  a recording")
     return 0
 
 
