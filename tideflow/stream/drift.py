@@ -44,7 +44,76 @@ class DriftEvent:
         return asdict(self)
 
 
+class PerformanceTrigger:
+    """Performance-based retraining trigger, with River's detector interface.
+
+    River has no such detector; this is our reading of the trigger in arXiv 2309.15207
+    (the paper's own definition could not be obtained, see the variance-horizon spec):
+    fed one matured forecast error per ``update``, it keeps the rolling mean of the last
+    ``k`` errors; the *reference* is the mean of the first ``k`` errors after the last
+    trigger (or the start), i.e. the error of a freshly fitted model, after skipping
+    ``warmup`` errors (a model learning online from scratch starts with errors that
+    are no reference for anything). It fires
+    (``drift_detected``) when the rolling mean exceeds ``tau`` x the reference, or, as
+    a fallback of ours, when ``max_age`` errors have passed since the last trigger. After
+    firing it starts collecting a new reference.
+
+    >>> t = PerformanceTrigger(k=3, tau=1.5)
+    >>> fired = []
+    >>> for e in [1, 1, 1, 1, 1, 2, 2, 2]:
+    ...     t.update(e)
+    ...     fired.append(t.drift_detected)
+    >>> fired
+    [False, False, False, False, False, False, True, False]
+    """
+
+    def __init__(self, k: int = 24, tau: float = 1.2, max_age: int | None = None, warmup: int = 0) -> None:
+        if k < 1 or tau <= 0 or (max_age is not None and max_age < 1) or warmup < 0:
+            raise ValueError("PerformanceTrigger needs k >= 1, tau > 0, max_age >= 1 (or None), warmup >= 0")
+        self.k = k
+        self.warmup = warmup
+        self.tau = tau
+        self.max_age = max_age
+        self._reset()
+
+    def _reset(self) -> None:
+        self.reference: float | None = None
+        self._reference_sum = 0.0
+        self._reference_n = 0
+        self._window: list[float] = []
+        self.age = 0
+        self.drift_detected = False
+
+    def update(self, x: float) -> None:
+        self.drift_detected = False
+        self.age += 1
+        x = float(x)
+        if self.age <= self.warmup:
+            pass
+        elif self.reference is None:
+            self._reference_sum += x
+            self._reference_n += 1
+            if self._reference_n == self.k:
+                self.reference = self._reference_sum / self.k
+        else:
+            self._window.append(x)
+            if len(self._window) > self.k:
+                self._window.pop(0)
+        worse = (self.reference is not None and len(self._window) == self.k
+                 and sum(self._window) / self.k > self.tau * self.reference)
+        too_old = self.max_age is not None and self.age >= self.max_age
+        if worse or too_old:
+            self._reset()
+            self.drift_detected = True
+
+
+#: detectors of ours that the learn step's ``detector=`` accepts beside River's
+OUR_DETECTORS = {"PerformanceTrigger": PerformanceTrigger}
+
+
 def make_river_detector(name: str, params: dict[str, Any] | None = None) -> Any:
+    if name in OUR_DETECTORS:
+        return OUR_DETECTORS[name](**(params or {}))
     from river import drift
     from river.drift import binary
 
