@@ -14,14 +14,16 @@ from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.graph import Graph, GraphError, Keyed
 from tideflow.pipelines.run import RunResult, run_graph
 from tideflow.stream.batch import Batch, tensor_array
-from tideflow.stream.drift import DetectDrift, DriftEvent
+from tideflow.stream.drift import DetectDrift, DriftEvent, PerformanceTrigger
 from tideflow.stream.operator import Operator
+from tideflow.stream.reduce import VarianceHorizon
 from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import StepReport, Strategy
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
+from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
 from tideflow.strategies.river_adapter import RiverStrategy
 
 __version__ = "0.1.0"
@@ -31,7 +33,8 @@ __all__ = [
     "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
-    "tensor_array",
+    "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
+    "NowcastPersistence", "NowcastSeasonal",
 ]
 
 

@@ -4,6 +4,7 @@
     tideflow record SOURCE -o stream.arrow             write a source to a recording
     tideflow replay stream.arrow --pipeline NAME|FILE  replay a recording through a pipeline
     tideflow compare linkload [--seeds 0,1,2]           run a comparison and write its table
+    tideflow compare nowcast [--jobs 2]                 weather nowcasting: fixed / VH / trigger / both
     tideflow show PIPELINE                             print a pipeline's graph
     tideflow list                                      list ready pipelines and sources
 """
@@ -89,11 +90,21 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    if args.experiment_name != "linkload":
-        raise ValueError(f"unknown comparison {args.experiment_name!r}; known: linkload")
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    if args.experiment_name == "nowcast":
+        from tideflow.pipelines.ready.nowcast import compare as compare_nowcast
+
+        out = Path(args.out or "results/nowcast")
+        doc = compare_nowcast(stations=split(args.stations) if args.stations else None,
+                              targets=split(args.targets) if args.targets else None,
+                              models=split(args.models) if args.models else None, runner=args.runner,
+                              tracking=args.tracking, out=out, jobs=args.jobs, hours=args.hours)
+        print(out.with_suffix(".md").read_text())
+        print(f"wrote {out.with_suffix('.json')} and .md in {doc['seconds']:.0f} s")
+        return 0
     from tideflow.pipelines.ready.linkload import compare
 
-    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    args.out = args.out or "results/linkload"
     doc = compare(topologies=split(args.topologies), scenarios=split(args.scenarios),
                   seeds=[int(x) for x in split(args.seeds)], set=args.set, normalisation=args.normalisation,
                   runner=args.runner, tracking=args.tracking, out=Path(args.out), progress=not args.no_progress,
@@ -163,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("compare", help="run a ready comparison (several streams and seeds) and write its table")
-    p.add_argument("experiment_name", choices=("linkload",), help="which comparison")
+    p.add_argument("experiment_name", choices=("linkload", "nowcast"), help="which comparison")
     p.add_argument("--topologies", default="abilene,geant")
     p.add_argument("--scenarios", default="drastic,moderate")
     p.add_argument("--seeds", default="0,1,2")
@@ -171,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalisation", default="global", choices=("global", "window"))
     p.add_argument("--runner", default="local", choices=("local", "ray"))
     p.add_argument("--tracking", action="store_true", help="log every run to MLflow (off: many points)")
-    p.add_argument("--out", default="results/linkload", help="writes OUT.json and OUT.md")
+    p.add_argument("--stations", default=None, help="nowcast: stations (default JFK,LGA)")
+    p.add_argument("--targets", default=None, help="nowcast: variables (default temp,wind_speed)")
+    p.add_argument("--models", default=None, help="nowcast: gbm,mlp,lstm (default all)")
+    p.add_argument("--hours", type=int, default=None, help="nowcast: grid hours replayed (default: the protocol's)")
+    p.add_argument("--out", default=None, help="writes OUT.json and OUT.md (default results/<comparison>)")
     p.add_argument("--jobs", type=int, default=1, help="configurations run at once (one process each)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)

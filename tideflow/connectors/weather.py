@@ -88,6 +88,9 @@ Neighbours
     EWR–LGA 26.7 km, EWR–JFK 33.4 km, so nb1/nb2 are EWR: LGA, JFK;
     JFK: LGA, EWR; LGA: JFK, EWR (``metadata()["neighbours_of"]``). All within
     the paper's 150 km. A neighbour with no row at that hour gives nulls.
+Length
+    ``hours=N`` emits only the first N grid hours (a shorter replay: the nowcast
+    comparison uses it); without it, the whole year.
 Batches and offsets
     One batch holds ``batch_hours`` consecutive grid hours (default 24, counted
     from the first grid hour) × the selected stations, rows ordered by
@@ -290,7 +293,7 @@ class WeatherSource(RowIndexedSource):
 
     def __init__(self, stations: str | Sequence[str] = tuple(STATIONS), *, target: str = "temp",
                  neighbours: bool | str = False, batch_hours: int = 24,
-                 speed: float | None = None, table: Any = None) -> None:
+                 speed: float | None = None, hours: int | None = None, table: Any = None) -> None:
         names = stations.split(";") if isinstance(stations, str) else list(stations)
         names = [str(s).strip().upper() for s in names if str(s).strip()]
         if not names or len(set(names)) != len(names):
@@ -312,6 +315,9 @@ class WeatherSource(RowIndexedSource):
         self.neighbours = as_bool(neighbours)
         self.batch_hours = int(batch_hours)
         self.speed = None if speed is None else float(speed)
+        if hours is not None and (int(hours) != hours or hours < 1):
+            raise ValueError(f"hours must be a positive integer or None, got {hours!r}")
+        self.hours = None if hours is None else int(hours)
         self.stream_id = f"weather-{'-'.join(self.stations)}"
 
         tab = self._table
@@ -319,6 +325,9 @@ class WeatherSource(RowIndexedSource):
         selected = np.array([index[s] for s in self.stations])
         # rows in (hour, station) order: nonzero walks the mask row-major
         hour, col = np.nonzero(tab.present[:, selected])
+        if self.hours is not None:  # only the first `hours` grid hours
+            keep = hour < self.hours
+            hour, col = hour[keep], col[keep]
         self._hour = hour.astype(np.int64)
         self._station = selected[col]
         self._names = np.array(tab.stations, dtype=object)
@@ -354,7 +363,7 @@ class WeatherSource(RowIndexedSource):
     def params(self) -> dict[str, Any]:
         return {"stations": list(self.stations), "target": self.target,
                 "neighbours": self.neighbours, "batch_hours": self.batch_hours,
-                "speed": self.speed}
+                "speed": self.speed, "hours": self.hours}
 
     def metadata(self) -> dict[str, Any]:
         tab = self._table

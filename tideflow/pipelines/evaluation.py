@@ -84,6 +84,12 @@ def score(task: str, predictions: Any, truth: np.ndarray) -> tuple[Scores, np.nd
                   ape_sum=ape, ape_n=int(nonzero.sum())), abs_err
 
 
+def add_extra(total: dict[str, float], more: dict[str, float]) -> None:
+    """Sum a strategy's extra counters (``StepReport.extra``) into ``total``."""
+    for k, v in more.items():
+        total[k] = total.get(k, 0.0) + float(v)
+
+
 @dataclass
 class LearnResult:
     """What one learn step did with one batch (plain data, sent from actors)."""
@@ -93,6 +99,7 @@ class LearnResult:
     samples: int = 0
     fits: int = 0
     train_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)  # summed `StepReport.extra` counters
     events: list[DriftEvent] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # strategy exceptions, one line each
     # (offsets, predictions, truth) per scored part, when the run keeps predictions
@@ -103,6 +110,7 @@ class LearnResult:
         self.samples += other.samples
         self.fits += other.fits
         self.train_seconds += other.train_seconds
+        add_extra(self.extra, other.extra)
         self.events.extend(other.events)
         self.errors.extend(other.errors)
         self.predictions.extend(other.predictions)
@@ -227,6 +235,7 @@ class Learner:
         result.samples += report.samples
         result.fits += report.fits
         result.train_seconds += report.train_seconds
+        add_extra(result.extra, report.extra)
 
     def finish(self) -> LearnResult:
         """Learn from labels still queued when the stream ends (no scoring left to do)."""

@@ -20,11 +20,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from tideflow.pipelines.evaluation import Learner, LearnResult, Scores
+from tideflow.pipelines.evaluation import Learner, LearnResult, Scores, add_extra
 from tideflow.pipelines.graph import Graph
 from tideflow.stream.drift import DriftEvent
 from tideflow.stream.operator import SideOutput
 from tideflow.stream.validate import QUARANTINE_SCHEMA
+from tideflow.strategies.base import COMPUTE_EXTRA
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Collector:
         self.tasks = {s.name: s.op.task for s in graph.learners}
         self.totals = {s.name: Scores() for s in graph.learners}
         self.compute = {s.name: {"samples": 0, "fits": 0, "train_seconds": 0.0} for s in graph.learners}
+        self.extra: dict[str, dict[str, float]] = {s.name: {} for s in graph.learners}
         self.errors: dict[str, list[str]] = {s.name: [] for s in graph.learners}
         self.predictions: dict[str, list[tuple[list[int], list[Any], list[Any]]]] = {
             s.name: [] for s in graph.learners}
@@ -123,13 +125,19 @@ class Collector:
             c["samples"] += res.samples
             c["fits"] += res.fits
             c["train_seconds"] += res.train_seconds
-            record = {"seq": seq, **batch_scores.metrics(task), "samples": res.samples,
+            add_extra(self.extra[name], res.extra)
+            record = {"seq": seq, **batch_scores.metrics(task), "samples": res.samples, "fits": res.fits,
                       "train_seconds": res.train_seconds, "drift_events": len(res.events)}
+            if res.extra:
+                record["extra"] = dict(res.extra)
             self.per_batch[name].append(record)
             metrics = {k: float(v) for k, v in batch_scores.metrics(task).items()}
             metrics.update({f"cum_{k}": float(v) for k, v in self.totals[name].metrics(task).items() if k != "rows_scored"})
             metrics["samples_trained"] = float(c["samples"])
             metrics["train_seconds"] = float(c["train_seconds"])
+            metrics["fits"] = float(c["fits"])
+            # compute counters a strategy reports beside samples/fits/seconds (training rows, FLOPs, ...)
+            metrics.update({f"cum_{k}": v for k, v in self.extra[name].items() if k in COMPUTE_EXTRA})
             for e in res.events:
                 self.events.append(e)
                 metrics["drift_offset"] = float(e.offset)
@@ -157,6 +165,7 @@ class Collector:
             c["samples"] += res.samples
             c["fits"] += res.fits
             c["train_seconds"] += res.train_seconds
+            add_extra(self.extra[name], res.extra)
         self.quarantine.close()
 
     def prediction_arrays(self) -> dict[str, dict[str, Any]]:
@@ -188,6 +197,7 @@ class Collector:
                 "fits": self.compute[name]["fits"],
                 "train_seconds": round(self.compute[name]["train_seconds"], 4),
                 "error_drift_events": events,
+                "extra": dict(self.extra[name]),
                 "errors": len(self.errors[name]),
                 "first_error": self.errors[name][0] if self.errors[name] else None,
             }
@@ -355,7 +365,8 @@ def run_graph(
         tracker.log_metrics(None, final, step=collector.batches)
         for name, s in summary.items():
             tracker.log_metrics(name, {f"final_{k}": float(v) for k, v in s.items()
-                                       if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                                | {f"final_{k}": float(v) for k, v in s["extra"].items()},
                                 step=collector.batches)
         tracker.log_dict(summary_doc, "summary.json")
         if collector.quarantine.rows:

@@ -27,6 +27,10 @@ from tideflow.stream.operator import Operator
 from tideflow.stream.schema import Schema
 
 
+#: keys of `StepReport.extra` that count compute (summed, logged as ``cum_<key>`` per batch)
+COMPUTE_EXTRA = frozenset({"train_rows", "flops", "fit_windows", "examples"})
+
+
 @dataclass
 class StepReport:
     """What one ``learn`` call did, for compute accounting."""

@@ -51,9 +51,11 @@ class PerformanceTrigger:
     (the paper's own definition could not be obtained, see the variance-horizon spec):
     fed one matured forecast error per ``update``, it keeps the rolling mean of the last
     ``k`` errors; the *reference* is the mean of the first ``k`` errors after the last
-    trigger (or the start), i.e. the error of a freshly fitted model, after skipping
-    ``warmup`` errors (a model learning online from scratch starts with errors that
-    are no reference for anything). It fires
+    trigger (or the start), i.e. the error of a freshly fitted model. The first
+    ``warmup`` errors of the stream are skipped altogether (neither reference nor
+    age: a model learning online from scratch, or a forecaster that answers
+    persistence until its first fit, starts with errors that are no reference for
+    anything). It fires
     (``drift_detected``) when the rolling mean exceeds ``tau`` x the reference, or, as
     a fallback of ours, when ``max_age`` errors have passed since the last trigger. After
     firing it starts collecting a new reference.
@@ -74,6 +76,7 @@ class PerformanceTrigger:
         self.warmup = warmup
         self.tau = tau
         self.max_age = max_age
+        self.seen = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -86,11 +89,14 @@ class PerformanceTrigger:
 
     def update(self, x: float) -> None:
         self.drift_detected = False
-        self.age += 1
         x = float(x)
-        if self.age <= self.warmup:
-            pass
-        elif self.reference is None:
+        if x != x:  # a NaN error (no truth) says nothing: not counted
+            return
+        self.seen += 1
+        if self.seen <= self.warmup:
+            return
+        self.age += 1
+        if self.reference is None:
             self._reference_sum += x
             self._reference_n += 1
             if self._reference_n == self.k:

@@ -14,10 +14,12 @@ from tideflow.connectors.base import Source
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.ready.drift import build as build_drift
 from tideflow.pipelines.ready.linkload import build as build_linkload
+from tideflow.pipelines.ready.nowcast import build as build_nowcast
 
 PIPELINES: dict[str, Callable[..., Pipeline]] = {
     "linkload": build_linkload,
     "drift": build_drift,
+    "nowcast": build_nowcast,
 }
 
 DEFAULT = "linkload"
