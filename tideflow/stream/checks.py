@@ -508,15 +508,17 @@ OPERATOR_CHECKS: tuple[Callable[[_Setup], None], ...] = (
 
 
 def yield_operator_checks(
-    operator_cls: type[Operator], *, schema_kind: str | None = None, seed: int = 42
+    operator_cls: type[Operator], *, schema_kind: str | None = None, seed: int = 42,
+    params: dict[str, Any] | None = None,
 ) -> Iterator[Callable[[], None]]:
     """Yield the generic checks for a data-path operator class (see module docstring).
 
     Each check builds its own instances with ``operator_cls(**operator_cls._unit_test_params())``
+    (or ``params`` when given: one configuration of several, e.g. each River detector)
     and raises ``AssertionError`` naming what differs. ``schema_kind`` overrides
     the check stream's kind (default: from the operator, see module docstring).
     """
-    params = operator_cls._unit_test_params()
+    params = dict(operator_cls._unit_test_params() if params is None else params)
     kind = schema_kind or _stream_kind(operator_cls(**params))
     setup = _Setup(operator_cls, params, kind, seed)
     for check in OPERATOR_CHECKS:

@@ -1,7 +1,7 @@
 """Drift detection: adapters over River's `drift` module, and the `DriftEvent` they emit.
 
-We wrap River's detectors (ADWIN, PageHinkley, KSWIN, DDM, EDDM, HDDM_A,
-HDDM_W, ...) instead of re-implementing them. A `RiverDetector` feeds values to
+We wrap River's detectors (ADWIN, PageHinkley, KSWIN, and the binary DDM, EDDM,
+HDDMA, HDDMW) instead of re-implementing them. A `RiverDetector` feeds values to
 one detector and turns each detection into a `DriftEvent`. `DetectDrift` is the
 pipeline step that watches a column; the learn step uses a `RiverDetector` on a
 strategy's prequential error (``learn(..., detector=...)``).
@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,8 +26,10 @@ from tideflow.stream.batch import Batch
 from tideflow.stream.operator import Operator, SideOutput
 from tideflow.stream.state import from_plain, to_plain
 
-#: detectors fed with a 0/1 error indicator rather than a real value
-BINARY_DETECTORS = {"DDM", "EDDM", "HDDM_A", "HDDM_W"}
+#: detectors fed with a 0/1 error indicator rather than a real value (River's ``drift.binary``)
+BINARY_DETECTORS = {"DDM", "EDDM", "HDDMA", "HDDMW"}  # all fed 1 = error (FHDDM wants 1 = correct: not offered)
+#: other spellings of River's class names that we accept
+ALIASES = {"HDDM_A": "HDDMA", "HDDM_W": "HDDMW"}
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,15 @@ def make_river_detector(name: str, params: dict[str, Any] | None = None) -> Any:
     from river import drift
     from river.drift import binary
 
+    name = ALIASES.get(name, name)
     cls = getattr(drift, name, None) or getattr(binary, name, None)
     if cls is None:
         raise ValueError(f"unknown River drift detector {name!r}")
-    return cls(**(params or {}))
+    params = dict(params or {})
+    # a detector that samples (KSWIN) is seeded, so that a replay makes the same decisions
+    if "seed" in inspect.signature(cls).parameters and params.get("seed") is None:
+        params["seed"] = 0
+    return cls(**params)
 
 
 class RiverDetector:
