@@ -39,13 +39,9 @@ There is no pass/fail; the numbers go to the terminal and to ``--json``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +58,8 @@ import tideflow as tf  # noqa: E402
 import tideflow.pipelines.run as run_mod  # noqa: E402
 from tideflow.connectors.recording import RecordingSource, record  # noqa: E402
 from tideflow.pipelines.evaluation import Scores, score  # noqa: E402
+
+from _common import _fmt_eps, _fmt_ratio, _median, machine_info  # noqa: E402
 
 STREAM = "friedman-drift"
 SEED = 0
@@ -180,74 +178,7 @@ def derive(rec: dict[str, Any]) -> dict[str, Any]:
 
 # -- environment --------------------------------------------------------------------------
 
-def machine_info() -> dict[str, Any]:
-    import numpy
-    import pyarrow
-    import ray
-    import river
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                                    text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "pyarrow": pyarrow.__version__,
-        "river": river.__version__,
-        "numpy": numpy.__version__,
-        "tideflow": tf.__version__,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "loadavg_at_start": _loadavg(),
-    }
-
-
-def _loadavg() -> list[float] | None:
-    """1/5/15-minute load averages: a busy machine (other jobs) makes every number here lower."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 # -- main ---------------------------------------------------------------------------------
-
-def _fmt_eps(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.0f}"
-
-
-def _fmt_ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or not b else f"{a / b:.2f}"
-
-
-def _median(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
