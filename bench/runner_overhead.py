@@ -59,7 +59,7 @@ import tideflow.pipelines.run as run_mod  # noqa: E402
 from tideflow.connectors.recording import RecordingSource, record  # noqa: E402
 from tideflow.pipelines.evaluation import Scores, score  # noqa: E402
 
-from _common import _fmt_eps, _fmt_ratio, _median, machine_info  # noqa: E402
+from _common import _fmt_eps, _fmt_ratio, _loadavg, _median, machine_info  # noqa: E402
 
 STREAM = "friedman-drift"
 SEED = 0

@@ -647,10 +647,22 @@ class _TorchNowcaster(NowcastForecaster):
                 net, X.shape[-1])
         return net, scaler
 
-    @staticmethod
-    def _scale_x(X: np.ndarray, scaler: tuple[np.ndarray, ...]) -> np.ndarray:
+    #: scaled inputs are clipped to this range (see `_scale_x`)
+    CLIP = 3.0
+
+    @classmethod
+    def _scale_x(cls, X: np.ndarray, scaler: tuple[np.ndarray, ...]) -> np.ndarray:
+        """MinMax(-1, 1) with the fit window's ranges; NaN -> 0; clipped to +-``CLIP``.
+
+        The clip is ours: a feature that is constant inside a short window
+        (precipitation 0 for two days) has a range of ~0, and a later non-zero value
+        would scale to ~1e7 and throw the forecast off by as much. The first
+        comparison run hit exactly that (MLP on a 48-row Variance Horizon window, wind
+        speed: MAE 5e5 mph); values outside the window's range now count as at most
+        twice beyond its edge.
+        """
         z = 2 * (X - scaler[0]) / scaler[1] - 1
-        return np.where(np.isfinite(z), z, 0.0)
+        return np.clip(np.where(np.isfinite(z), z, 0.0), -cls.CLIP, cls.CLIP)
 
     def _predict_model(self, model: Any, X: np.ndarray) -> np.ndarray:
         torch = self._torch()
