@@ -24,8 +24,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Every benchmark in turn (about 15 minutes on 2 cores); each writes bench/results/<name>.json.
+BENCHES := runner_overhead stages tracking_overhead learning_cost peers memory scaling
 bench: $(STAMP)
-	$(BIN)/python bench/runner_overhead.py
+	@start=$$(date +%s); for b in $(BENCHES); do \
+	  echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit $$?; \
+	done; echo "make bench: all $(words $(BENCHES)) benchmarks in $$(( $$(date +%s) - start )) s"
 
 clean:
 	rm -rf $(VENV) runs mlruns mlartifacts mlflow.db .pytest_cache

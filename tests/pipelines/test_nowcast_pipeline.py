@@ -90,3 +90,13 @@ def test_ready_pipeline_by_name_validates_and_refuses_unknown_models():
     assert "lookback_temp" in graph.validate().fields
     with pytest.raises(ValueError, match="unknown nowcast model"):
         load_pipeline("nowcast", model="xgb")
+
+
+def test_age_triggers_counts_fires_exactly_max_age_apart():
+    from tideflow.pipelines.ready.nowcast import PROTOCOL, age_triggers
+
+    age = PROTOCOL["trigger"]["max_age"]
+    events = [{"step": "trigger", "offset": o} for o in (1250, 1298, 1298 + age, 1298 + 2 * age, 1298 + 2 * age + 50)]
+    events.append({"step": "both", "offset": 5})
+    assert age_triggers({"drift_events": events}, "trigger") == 2
+    assert age_triggers({"drift_events": events}, "both") == 0
