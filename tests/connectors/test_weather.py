@@ -176,10 +176,22 @@ def test_source_from_spec():
                            "batch_hours=24")
     assert isinstance(src, WeatherSource)
     assert src.params() == {"stations": ["JFK", "LGA"], "target": "wind_speed",
-                            "neighbours": True, "batch_hours": 24, "speed": None}
+                            "neighbours": True, "batch_hours": 24, "speed": None, "hours": None}
     assert src.schema().target == "wind_speed"
     assert "nb2_wind_speed" in src.schema().names
     assert isinstance(source_from_spec("weather"), WeatherSource)
+
+
+def test_hours_replays_only_the_first_grid_hours():
+    short = source_from_spec("weather:stations=JFK,hours=48,batch_hours=6")
+    batches = list(short)
+    assert short.num_rows == sum(len(b) for b in batches) <= 48
+    assert len(batches) == 8 and short.params()["hours"] == 48
+    full = WeatherSource("JFK", batch_hours=6)
+    first = [next(iter(full)) for _ in range(1)][0]
+    assert first.to_pylist() == batches[0].to_pylist()
+    with pytest.raises(ValueError, match="hours"):
+        WeatherSource("JFK", hours=0)
 
 
 def test_schema_roles_and_types():
