@@ -131,7 +131,7 @@ def build(source: Source | None = None, *, stations: str = "JFK;LGA", target: st
                 detector="PerformanceTrigger", detector_params=trigger)
          .learn(NowcastPersistence(**common), name="persistence", route=route)
          .learn(NowcastSeasonal(**common), name="seasonal", route=route))
-    p.report(lambda result: report(result, source, model=model, target=target))
+    p.report(lambda result: report(result, source, model=model, target=target, window=window))
     return p
 
 
@@ -183,7 +183,8 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * (v - 1):+.0f} %"
 
 
-def report(result: Any, source: Any, *, model: str, target: str, plot: bool = True) -> dict[str, dict[str, Any]]:
+def report(result: Any, source: Any, *, model: str, target: str, plot: bool = True,
+           window: int | None = None) -> dict[str, dict[str, Any]]:
     """Print the table of one run and save (and log) the forecast plot with the drift events."""
     import sys
 
@@ -208,7 +209,8 @@ def report(result: Any, source: Any, *, model: str, target: str, plot: bool = Tr
     path.write_text(json.dumps(scores, indent=2))
     paths = [path]
     if plot and result.predictions:
-        paths.append(plot_forecasts(result, source, result.output_dir / "nowcast.png", target=target))
+        paths.append(plot_forecasts(result, source, result.output_dir / "nowcast.png", target=target,
+                                    start_row=window or PROTOCOL["window"]))
         console.print(f"plot: {paths[-1]}")
     if result.run_id:
         from tideflow.pipelines.ready.linkload import _log_artifacts
@@ -217,9 +219,12 @@ def report(result: Any, source: Any, *, model: str, target: str, plot: bool = Tr
     return scores
 
 
-def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: int = 7) -> Path:
-    """Observed value vs the one-step forecasts of each strategy over the first ``days`` scored days,
-    one panel per station, with every retraining trigger (drift event) drawn where it fired."""
+def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: int = 7,
+                   start_row: int = 0) -> Path:
+    """Observed value vs each strategy's served forecast over ``days`` days from a station's
+    ``start_row``-th row (the first fit), one panel per station, with every retraining trigger
+    (drift event) drawn where it fired. The served forecast of a row is the one issued at the
+    end of the previous batch: 1 to ``batch_hours`` hours ahead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,7 +248,7 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
         offs = np.array([o for o in ref["offset"].tolist() if station.get(o) == st])
         if not len(offs):
             continue
-        start = int(round(len(offs) - PROTOCOL["eval_hours"])) if len(offs) > PROTOCOL["eval_hours"] else 0
+        start = min(start_row, max(0, len(offs) - 24 * days))
         sel_offs = offs[start:start + 24 * days]
         lo, hi = sel_offs[0], sel_offs[-1]
         for name in shown:
@@ -254,14 +259,15 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
             x = [stamp[o] for o in arr["offset"][m].tolist()]
             if name == shown[0]:
                 ax.plot(x, arr["truth"][m], color="black", lw=1.6, label=f"observed {target}")
-            ax.plot(x, arr["prediction"][m], lw=0.9, label=f"{name} (1 h forecast)")
+            ax.plot(x, arr["prediction"][m], lw=0.9, label=f"{name} (served forecast)")
         labelled = set()
         for e in result.drift_events:
             if e.step in colours and lo <= e.offset <= hi and station.get(e.offset) == st:
                 ax.axvline(stamp[e.offset], color=colours[e.step], ls=":", lw=1.0,
                            label=f"{e.step}: {e.detector} on {e.statistic}" if e.step not in labelled else None)
                 labelled.add(e.step)
-        ax.set_title(f"{st}: first {days} scored days")
+        ax.set_title(f"{st}: {days} days from row {start} (served forecasts are 1 to "
+                     f"{PROTOCOL['batch_hours']} h ahead)")
         ax.set_ylabel(target)
         ax.legend(loc="upper left", fontsize=7, ncol=3)
     fig.tight_layout()
