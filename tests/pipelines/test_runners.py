@@ -163,7 +163,7 @@ def test_tracking_logs_nested_runs_and_per_batch_metrics(classification_recordin
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = _classification_pipeline(classification_recording).run(runner="local", tracking_uri=uri,
-                                                                     progress=False)
+                                                                     progress=False, metrics_every_s=0)
     client = MlflowClient(uri)
     parent = client.get_run(result.run_id)
     assert parent.data.params["pipeline"] == "cls"
@@ -180,6 +180,28 @@ def test_tracking_logs_nested_runs_and_per_batch_metrics(classification_recordin
     assert logged == pytest.approx([r["accuracy"] for r in result.per_batch["tree"]])
     final = client.get_run(by_name["tree"].info.run_id).data.metrics["final_accuracy"]
     assert math.isclose(final, result.summary["tree"]["accuracy"])
+
+
+def test_metrics_are_logged_per_interval_and_add_up(classification_recording, tmp_path, monkeypatch):
+    """With a long interval, MLflow gets the first batch, then one point for all the others."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = _classification_pipeline(classification_recording).run(runner="local", tracking_uri=uri,
+                                                                     progress=False, metrics_every_s=3600)
+    client = MlflowClient(uri)
+    children = client.search_runs([client.get_run(result.run_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")
+    tree = {c.info.run_name: c for c in children}["tree"].info.run_id
+    history = sorted(client.get_metric_history(tree, "accuracy"), key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 11]
+    recs = result.per_batch["tree"]
+    rest = sum(r["accuracy"] * r["rows_scored"] for r in recs[1:]) / sum(r["rows_scored"] for r in recs[1:])
+    assert history[0].value == pytest.approx(recs[0]["accuracy"]) and history[1].value == pytest.approx(rest)
+    rows = sorted(client.get_metric_history(result.run_id, "rows"), key=lambda m: m.step)
+    assert sum(m.value for m in rows) == 3000
+    # drift events are logged as they happen, one point each
+    offsets = sorted(m.value for m in client.get_metric_history(tree, "drift_offset"))
+    assert offsets == sorted(float(e.offset) for e in result.drift_events if e.step == "tree")
 
 
 def test_keyed_local_learns_one_instance_per_key(keyed_recording):

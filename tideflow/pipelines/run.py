@@ -82,8 +82,17 @@ class QuarantineWriter:
 class Collector:
     """Driver-side bookkeeping of one run (see module docstring)."""
 
-    def __init__(self, graph: Graph, *, tracker: Any, output_dir: Path, progress: Any) -> None:
+    def __init__(self, graph: Graph, *, tracker: Any, output_dir: Path, progress: Any,
+                 metrics_every_s: float = 1.0) -> None:
         self.graph = graph
+        # per-batch metrics are summed over the batches of an interval and logged at most every
+        # `metrics_every_s` seconds (0: every batch): each MLflow point costs ~0.16 ms on SQLite
+        # and ~11 are written per strategy, which at 500-row batches added 18-31 % to a run
+        self.metrics_every_s = metrics_every_s
+        self._last_log = time.monotonic() - metrics_every_s  # the first batch is logged at once
+        self._pending_seq: int | None = None
+        self._window = {s.name: Scores() for s in graph.learners}
+        self._window_parent: dict[str, float] = {}
         self.tracker = tracker
         self.output_dir = output_dir
         self.progress = progress
@@ -110,17 +119,17 @@ class Collector:
             quarantined += table.num_rows
             for reason in table.column("reason").to_pylist():
                 self.quarantine_counts[reason] = self.quarantine_counts.get(reason, 0) + 1
-        parent_metrics: dict[str, float] = {"rows": float(rows)}
+        self._window_parent["rows"] = self._window_parent.get("rows", 0.0) + rows
         if quarantined:
-            parent_metrics["quarantined_rows"] = float(quarantined)
-        for e in side.drift_events:
+            self._window_parent["quarantined_rows"] = self._window_parent.get("quarantined_rows", 0.0) + quarantined
+        for e in side.drift_events:  # events are rare and each one matters: logged at once
             self.events.append(e)
-            parent_metrics[f"drift.{e.step}"] = float(e.offset)
-        self.tracker.log_metrics(None, parent_metrics, step=seq)
+            self.tracker.log_metrics(None, {f"drift.{e.step}": float(e.offset)}, step=seq)
         for name, res in results.items():
             task = self.tasks[name]
             batch_scores = res.combined()
             self.totals[name].add(batch_scores)
+            self._window[name].add(batch_scores)
             c = self.compute[name]
             c["samples"] += res.samples
             c["fits"] += res.fits
@@ -131,23 +140,43 @@ class Collector:
             if res.extra:
                 record["extra"] = dict(res.extra)
             self.per_batch[name].append(record)
-            metrics = {k: float(v) for k, v in batch_scores.metrics(task).items()}
-            metrics.update({f"cum_{k}": float(v) for k, v in self.totals[name].metrics(task).items() if k != "rows_scored"})
+            for e in res.events:
+                self.events.append(e)
+                self.tracker.log_metrics(name, {"drift_offset": float(e.offset)}, step=seq)
+            self.predictions[name].extend(res.predictions)
+            if res.errors:
+                self._errors(name, res.errors)
+        self._pending_seq = seq
+        now = time.monotonic()
+        if now - self._last_log >= self.metrics_every_s:
+            self._last_log = now
+            self.log_window()
+        if self.progress is not None:
+            self.progress(rows)
+
+    def log_window(self) -> None:
+        """Log the metrics of the batches since the last call, at the step of the newest batch."""
+        seq = self._pending_seq
+        if seq is None:
+            return
+        self._pending_seq = None
+        self.tracker.log_metrics(None, self._window_parent, step=seq)
+        self._window_parent = {}
+        for name in self.tasks:
+            task = self.tasks[name]
+            c = self.compute[name]
+            metrics = {k: float(v) for k, v in self._window[name].metrics(task).items()}
+            self._window[name] = Scores()
+            metrics.update({f"cum_{k}": float(v) for k, v in self.totals[name].metrics(task).items()
+                            if k != "rows_scored"})
             metrics["samples_trained"] = float(c["samples"])
             metrics["train_seconds"] = float(c["train_seconds"])
             metrics["fits"] = float(c["fits"])
             # compute counters a strategy reports beside samples/fits/seconds (training rows, FLOPs, ...)
             metrics.update({f"cum_{k}": v for k, v in self.extra[name].items() if k in COMPUTE_EXTRA})
-            for e in res.events:
-                self.events.append(e)
-                metrics["drift_offset"] = float(e.offset)
-            self.predictions[name].extend(res.predictions)
-            if res.errors:
-                self._errors(name, res.errors)
+            if self.errors[name]:
                 metrics["strategy_errors"] = float(len(self.errors[name]))
             self.tracker.log_metrics(name, metrics, step=seq)
-        if self.progress is not None:
-            self.progress(rows)
 
     def _errors(self, name: str, errors: list[str]) -> None:
         import logging
@@ -158,6 +187,7 @@ class Collector:
         self.errors[name].extend(errors)
 
     def finish(self, results: dict[str, LearnResult]) -> None:
+        self.log_window()
         for name, res in results.items():
             if res.errors:
                 self._errors(name, res.errors)
@@ -282,6 +312,7 @@ def run_graph(
     ray_address: str | None = None,
     print_summary: bool = False,
     keep_predictions: bool = False,
+    metrics_every_s: float = 1.0,
 ) -> RunResult:
     """Run a validated graph and return its `RunResult`.
 
@@ -298,6 +329,10 @@ def run_graph(
         print_summary: print the summary table at the end.
         keep_predictions: return every prediction with its offset and truth (for plots
             and per-step analysis; memory grows with the stream).
+        metrics_every_s: MLflow gets the per-batch metrics summed over the batches of each
+            interval of this many seconds (at the step of the interval's last batch; 0 = one
+            point per batch). Drift events are logged as they happen; every batch's record
+            stays in ``RunResult.per_batch``.
     """
     if runner not in ("local", "ray"):
         raise ValueError(f"unknown runner {runner!r}: use 'local' or 'ray'")
@@ -325,7 +360,8 @@ def run_graph(
     if max_batches is not None and total is not None:
         total = min(total, max_batches * getattr(source, "batch_size", total))
     bar, advance = _progress(progress, total, f"{graph.name} [{runner}]")
-    collector = Collector(graph, tracker=tracker, output_dir=out, progress=advance)
+    collector = Collector(graph, tracker=tracker, output_dir=out, progress=advance,
+                          metrics_every_s=metrics_every_s)
     start = time.perf_counter()
     status = "FAILED"
     try:
