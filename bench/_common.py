@@ -7,6 +7,7 @@ Every script puts ``bench/`` and the repository on ``sys.path`` itself, so it ru
 from __future__ import annotations
 
 import datetime as _dt
+import signal
 import json
 import os
 import platform
@@ -115,3 +116,41 @@ def write_json(doc: dict[str, Any], path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return out
+
+
+def end_children() -> list[int]:
+    """End this process's child processes (what a Ray start that failed left), by pid: TERM, then KILL."""
+    import psutil  # installed with ray[default]
+
+    procs = psutil.Process().children(recursive=True)
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in procs]
+
+
+def retry_ray_start(start: Any, console: Any, what: str, attempts: int = 3, before_retry: Any = None) -> Any:
+    """``start()``, retried when Ray's node start times out: on a busy machine Ray's agents can miss
+    the raylet's fixed start-up window (the raylet then aborts). The processes a failed attempt left
+    are this process's children and are ended before the next try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as e:  # noqa: BLE001 - only Ray's start-up time-out is retried
+            if attempt == attempts or "timed out during startup" not in str(e):
+                raise
+            if before_retry is not None:
+                before_retry()
+            ended = end_children()
+            console.print(f"[yellow]{what} did not start (attempt {attempt} of {attempts}: {e}); "
+                          f"ended {len(ended)} processes, retrying")
+    raise AssertionError("unreachable")

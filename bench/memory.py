@@ -98,7 +98,7 @@ for _p in (REPO, REPO / "bench"):
 import tideflow as tf  # noqa: E402
 import tideflow.pipelines.run as run_mod  # noqa: E402
 
-from _common import _loadavg, machine_info, write_json  # noqa: E402
+from _common import _loadavg, machine_info, retry_ray_start, write_json  # noqa: E402
 
 MIB = 1024 * 1024
 LIMIT_BYTES = 4_000_000_000  # "< 4 GB" for the default job
@@ -223,43 +223,18 @@ def object_store_bytes(ray: Any) -> int | None:
     return None
 
 
-def end_children() -> list[int]:
-    """End this process's child processes (left by a Ray start that failed), by pid: TERM, then KILL."""
-    import signal
-
-    pids = _descendants(os.getpid())
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 5
-        while time.time() < deadline and any(_proc_rss(pid) not in (None, 0) for pid in pids):
-            time.sleep(0.2)
-    return pids
-
-
 def start_ray(console: Any, attempts: int = 3) -> float:
-    """``ensure_ray``, retried when the node start times out: on a busy machine Ray's agents can miss the
-    raylet's fixed start-up window (the raylet then aborts). Returns the seconds of the attempt that worked."""
+    """``ensure_ray``, retried on a start-up time-out; returns the seconds of the attempt that worked."""
     import ray
 
     from tideflow.pipelines.ray_runner import ensure_ray
 
-    for attempt in range(1, attempts + 1):
+    def start() -> float:
         t = time.perf_counter()
-        try:
-            ensure_ray()
-            return time.perf_counter() - t
-        except Exception as e:  # noqa: BLE001 - only Ray's start-up time-out is retried
-            if attempt == attempts or "timed out during startup" not in str(e):
-                raise
-            ray.shutdown()
-            ended = end_children()
-            console.print(f"[yellow]Ray did not start (attempt {attempt} of {attempts}: {e}); ended its "
-                          f"{len(ended)} processes, retrying")
-    raise AssertionError("unreachable")
+        ensure_ray()
+        return time.perf_counter() - t
+
+    return retry_ray_start(start, console, "Ray", attempts, before_retry=ray.shutdown)
 
 
 class Sampler(threading.Thread):

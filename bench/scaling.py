@@ -91,7 +91,7 @@ import tideflow as tf  # noqa: E402
 from tideflow.connectors.recording import RecordingSource, record  # noqa: E402
 
 import runner_overhead as ro  # noqa: E402  (wraps the run module's Collector: per-batch timestamps)
-from _common import _fmt_eps, _loadavg, _median, machine_info, write_json  # noqa: E402
+from _common import _fmt_eps, _loadavg, _median, machine_info, retry_ray_start, write_json  # noqa: E402
 
 STREAM = "friedman-drift"
 SEED = 0
@@ -203,46 +203,12 @@ def token_auth_as_ray_init() -> None:
     ensure_token_if_auth_enabled(None, create_token_if_missing=True)
 
 
-def end_children() -> list[int]:
-    """End this process's child processes (what a node start that failed left), by pid: TERM, then KILL."""
-    import signal
-
-    try:
-        import psutil
-    except ImportError:
-        return []
-    procs = psutil.Process().children(recursive=True)
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    return [p.pid for p in procs]
-
-
 def start_cluster(console: Any, head_args: dict[str, Any], attempts: int = 3) -> Any:
-    """A ``Cluster`` with its head, retried when the node start times out: on a busy machine Ray's agents
-    can miss the raylet's fixed start-up window. Nothing else runs under this process at that point, so the
-    processes a failed attempt left are its children and are ended before the next try."""
+    """A ``Cluster`` with its head, retried on a start-up time-out (`_common.retry_ray_start`)."""
     from ray.cluster_utils import Cluster
 
-    for attempt in range(1, attempts + 1):
-        try:
-            return Cluster(initialize_head=True, head_node_args=head_args)
-        except Exception as e:  # noqa: BLE001 - only Ray's start-up time-out is retried
-            if attempt == attempts or "timed out during startup" not in str(e):
-                raise
-            ended = end_children()
-            console.print(f"[yellow]the cluster head did not start (attempt {attempt} of {attempts}: {e}); "
-                          f"ended {len(ended)} processes, retrying")
-    raise AssertionError("unreachable")
+    return retry_ray_start(lambda: Cluster(initialize_head=True, head_node_args=head_args), console,
+                           "the cluster head", attempts)
 
 
 def main(argv: list[str] | None = None) -> int:
