@@ -18,7 +18,10 @@ Protocol:
 * ``plain``: a hand-written loop over the very operators of the built graph
   (``validate.process`` -> ``detect.process`` -> ``predict`` / score / ``learn``),
   no runner, no collector.
-* ``local`` / ``ray``: ``run_graph`` with ``tracking=False, progress=False``.
+* ``local`` / ``ray`` / ``ray-unfused``: ``run_graph`` with ``tracking=False, progress=False``;
+  ``ray`` runs the data path inside the source actor (the default, ``ray_fuse_chain=True``),
+  ``ray-unfused`` gives every data-path step its own actor (two more actor calls and
+  object-store round trips per batch).
   ``ray.init`` is paid once, before any timing (``ensure_ray``); actor start-up is part
   of each Ray run, so the Ray ``events/s`` is the total (start-up included), and
   ``steady`` is events/s over the batches after the first ``max(3, 10%)``, from a
@@ -62,6 +65,7 @@ from tideflow.pipelines.evaluation import Scores, score  # noqa: E402
 from _common import _fmt_eps, _fmt_ratio, _loadavg, _median, machine_info  # noqa: E402
 
 STREAM = "friedman-drift"
+RUNNERS = ("plain", "local", "ray", "ray-unfused")
 SEED = 0
 
 # -- per-batch timestamps -----------------------------------------------------------------
@@ -154,8 +158,9 @@ def run_runner(runner: str, path: Path, batch_size: int, max_batches: int | None
                max_in_flight: int) -> dict[str, Any]:
     _LAST.clear()
     pipeline = make_pipeline(path, batch_size)
-    result = pipeline.run(runner=runner, tracking=False, progress=False, max_batches=max_batches,
-                          output_dir=out, max_in_flight=max_in_flight)
+    fused = runner != "ray-unfused"
+    result = pipeline.run(runner=runner.split("-")[0], tracking=False, progress=False, max_batches=max_batches,
+                          output_dir=out, max_in_flight=max_in_flight, ray_fuse_chain=fused)
     coll = _LAST.get("collector")
     summary = result.summary.get("linear", {})
     rec = {"rows": result.rows, "seconds": result.seconds, "eps": result.events_per_second,
@@ -183,22 +188,25 @@ def derive(rec: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=150_000,
-                    help="events recorded, and used per measurement at large batch sizes (default 150000)")
+    ap.add_argument("--events", type=int, default=400_000,
+                    help="events recorded, and used per measurement at large batch sizes (default 400000: "
+                         "~10 s per run, long enough for a steady-state figure that repeats within a few %%)")
     ap.add_argument("--batch-sizes", default="64,1024,8192", help="comma-separated (default 64,1024,8192)")
     ap.add_argument("--max-batches", type=int, default=600,
                     help="at most this many batches per measurement: events = min(events, B * this) "
                          "(default 600)")
     ap.add_argument("--repeats", type=int, default=1, help="repeats per measurement; medians are shown (default 1)")
-    ap.add_argument("--runners", default="plain,local,ray", help="subset of plain,local,ray (default all)")
+    ap.add_argument("--runners", default="plain,local,ray,ray-unfused",
+                    help="subset of plain,local,ray,ray-unfused (default all; ray-unfused = the Ray runner "
+                         "with one actor per data-path step, ray_fuse_chain=False)")
     ap.add_argument("--max-in-flight", type=int, default=4, help="Ray runner backpressure (run_graph default 4)")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "runner_overhead.json"),
                     help="where to write the results (default bench/results/runner_overhead.json)")
     args = ap.parse_args(argv)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     runners = [r.strip() for r in args.runners.split(",") if r.strip()]
-    if any(r not in ("plain", "local", "ray") for r in runners) or not runners:
-        ap.error("--runners takes plain, local, ray")
+    if any(r not in RUNNERS for r in runners) or not runners:
+        ap.error(f"--runners takes {', '.join(RUNNERS)}")
     if args.events < 1 or args.repeats < 1 or args.max_batches < 1 or not batch_sizes or min(batch_sizes) < 1:
         ap.error("--events, --repeats, --max-batches and batch sizes must be >= 1")
 
@@ -225,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"recorded {rec_info['rows']:,} events to a temp file in {record_s:.1f} s")
 
         ray_init_s = None
-        if "ray" in runners:
+        if any(r.startswith("ray") for r in runners):
             from tideflow.pipelines.ray_runner import ensure_ray
 
             t = time.perf_counter()
@@ -246,16 +254,16 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         rec = run_runner(runner, path, bs, max_batches, out=tmpdir / f"run{run_no}",
                                          max_in_flight=args.max_in_flight)
-                        if runner == "ray":
+                        if runner.startswith("ray"):
                             time.sleep(1.0)  # let the killed actors' processes exit before the next timing
                     d = derive(rec)
                     if d["rows"] != events:
                         raise RuntimeError(f"{runner} at batch {bs} read {d['rows']} events, expected {events}")
                     reps[runner].append(d)
-                    steady = f", steady {_fmt_eps(d['steady_eps'])}/s" if runner == "ray" else ""
+                    steady = f", steady {_fmt_eps(d['steady_eps'])}/s" if d["steady_eps"] else ""
                     start = (f", first batch after {d['first_batch_s']:.2f} s"
-                             if runner == "ray" and d["first_batch_s"] is not None else "")
-                    console.print(f"  batch {bs:>5} {runner:<5} {d['rows']:>7,} events in {d['seconds']:6.2f} s "
+                             if runner.startswith("ray") and d["first_batch_s"] is not None else "")
+                    console.print(f"  batch {bs:>5} {runner:<11} {d['rows']:>7,} events in {d['seconds']:6.2f} s "
                                   f"= {_fmt_eps(d['eps']):>7}/s{steady}{start}")
             med = {r: {k: _median([d[k] for d in reps[r]]) for k in ("eps", "steady_eps", "seconds", "first_batch_s")}
                    for r in runners}
@@ -280,11 +288,13 @@ def main(argv: list[str] | None = None) -> int:
             row["ray_over_plain"] = ratio("ray", "plain")
             row["ray_over_local"] = ratio("ray", "local")
             row["ray_over_local_steady"] = ratio("ray", "local", "steady_eps")
+            row["ray_over_plain_steady"] = ratio("ray", "plain", "steady_eps")
+            row["ray_unfused_over_plain_steady"] = ratio("ray-unfused", "plain", "steady_eps")
             rows_out.append(row)
             if not same:
                 console.print(f"[yellow]  batch {bs}: MAE differs between runners: {maes}")
 
-    if "ray" in runners:
+    if any(r.startswith("ray") for r in runners):
         import ray
 
         ray.shutdown()
@@ -305,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         ("ray steady ev/s", ("ray",), lambda r: _fmt_eps(r.get("ray_steady_eps"))),
         ("steady ray/local", ("ray", "local"),
          lambda r: _fmt_ratio(r.get("ray_steady_eps"), r.get("local_steady_eps"))),
+        ("steady ray/plain", ("ray", "plain"),
+         lambda r: _fmt_ratio(r.get("ray_steady_eps"), r.get("plain_steady_eps"))),
+        ("steady unfused/plain", ("ray-unfused", "plain"),
+         lambda r: _fmt_ratio(r.get("ray-unfused_steady_eps"), r.get("plain_steady_eps"))),
         ("ray 1st batch s", ("ray",),
          lambda r: "-" if r.get("ray_first_batch_s") is None else f"{r['ray_first_batch_s']:.2f}"),
     ]
@@ -314,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows_out:
         table.add_row(*(cell(row) for _, _, cell in spec))
     console.print(table)
-    console.print("ray ev/s includes actor start-up (4 actors per run); 'steady' skips the first max(3, 10%) "
+    console.print("ray ev/s includes actor start-up (2 actors per run fused, 4 unfused); 'steady' skips the first max(3, 10%) "
                   "batches; ray.init is excluded.")
     info["loadavg_at_end"] = _loadavg()
     console.print(f"total wall time {total_s:.1f} s; load average at start {info['loadavg_at_start']}, "

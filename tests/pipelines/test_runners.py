@@ -97,6 +97,27 @@ def test_local_and_ray_give_identical_metrics_keyed(keyed_recording, ray_session
     assert local.summary["per_link"]["error_drift_events"] >= 1
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["chained", "one-actor-per-step"])
+def test_ray_chaining_modes_match_local(classification_recording, ray_session, fuse):
+    """One learner: by default the whole graph runs in the source actor; unfused, one actor per step."""
+    def one_learner():
+        return (tf.Pipeline("solo").source(RecordingSource(classification_recording)).validate()
+                .detect(tf.DetectDrift(on="x1", detector="PageHinkley"))
+                .learn(tf.RiverStrategy(tree.HoeffdingTreeClassifier(grace_period=50)), name="tree",
+                       detector="ADWIN"))
+    local = one_learner().run(runner="local", tracking=False, progress=False, keep_predictions=True)
+    sink = tf.MemorySink()
+    on_ray = one_learner().sink(sink, name="keep").run(runner="ray", tracking=False, progress=False,
+                                                       keep_predictions=True, ray_fuse_chain=fuse,
+                                                       max_in_flight=3)
+    assert on_ray.batches == 12 and sink.rows == 3000
+    assert [b.first_offset for b in sink.batches] == list(range(0, 3000, 250))
+    assert _comparable(local.per_batch) == _comparable(on_ray.per_batch)
+    assert [(e.step, e.offset) for e in local.drift_events] == [(e.step, e.offset) for e in on_ray.drift_events]
+    assert np.array_equal(local.predictions["tree"]["prediction"], on_ray.predictions["tree"]["prediction"])
+    assert local.summary["tree"]["rows_scored"] == on_ray.summary["tree"]["rows_scored"] == 3000
+
+
 def test_label_delay_predicts_with_an_older_model(classification_recording):
     now = _classification_pipeline(classification_recording).run(runner="local", tracking=False, progress=False)
     late = _classification_pipeline(classification_recording).run(runner="local", tracking=False, progress=False,

@@ -1,13 +1,23 @@
-"""The Ray runner: one actor per step, batches by object reference, bounded in flight.
+"""The Ray runner: actors for the source, the data path and every learner; batches by reference.
 
-The driver asks the source actor for the next batches (it ``ray.put``s them and
-returns references), then chains one call per data-path actor and one per
-learn actor for each batch without waiting: Ray runs calls from one caller to
-one actor in submission order, so every actor sees the batches in stream order
-while different actors work on different batches at once (pipelining). At most
-``max_in_flight`` batches are submitted and not yet finished; the driver waits
-for the oldest before submitting more, which is the backpressure that keeps
-memory and the object store bounded when a strategy is slow.
+By default the data path (validation, detectors, reducers) runs inside the source
+actor (``fuse_chain=True``): it reads a batch, passes it through the chain, and
+``ray.put``s the result once; the driver then submits one call per learn actor
+per batch. When the graph's only learner is a single actor, it is chained into
+the source actor too (as Flink chains operators of equal parallelism), and no
+batch leaves that process. With ``fuse_chain=False`` every data-path step gets its own actor and
+the driver chains one call per step: more pipelining across cores when the
+data path is heavy, at the price of one object-store round trip and one actor
+call per step per batch (on 2 cores that cost the runner 0.64 of the local
+runner's steady throughput at batch 1024; fused, see bench/runner_overhead.py).
+
+Ray runs calls from one caller to one actor in submission order, so every actor
+sees the batches in stream order while different actors work on different
+batches at once (pipelining). The driver asks the source for the next group of
+batches before it waits on the current one (prefetch). At most
+``max_in_flight`` batches are submitted to learners and not yet finished; the
+driver waits for the oldest before submitting more, which is the backpressure
+that keeps memory and the object store bounded when a strategy is slow.
 
 A keyed learn step gets ``actors`` actors; each sees every batch and keeps only
 its share of the keys (stable hash), so no batch is copied per key on the way.
@@ -77,15 +87,42 @@ def _threads(num_cpus: float | None) -> None:
         sys.modules["torch"].set_num_threads(max(1, int(num_cpus or 1)))
 
 
+def _run_chain(ops: list[Any], batch: Batch | None, events: list[Any]) -> tuple[Batch | None, list[Any], SideOutput]:
+    """One batch through data-path operators in order; every operator drains even when the batch is gone."""
+    side = SideOutput()
+    for op in ops:
+        if batch is not None and len(batch):
+            batch = op.process(batch)
+        part = op.drain()
+        events = events + part.drift_events
+        side.extend(part)
+    return batch, events, side
+
+
 class SourceActor:
-    def __init__(self, source: Any, max_batches: int | None) -> None:
-        _threads(1)
+    """Reads the source; fused, also runs the data path, and chained, the one learner too.
+
+    ``chain``: data-path operators to run on each batch here (fused mode).
+    ``learners``: learners to step here (chained mode: Flink's operator chaining, for a
+    graph whose only learner is one actor: no batch crosses a process boundary).
+    ``put``: whether the processed batch goes to the object store (for learner actors
+    and sinks; a fully chained graph without sinks needs no copy).
+    """
+
+    def __init__(self, source: Any, max_batches: int | None, chain: list[Any] | None = None,
+                 learners: dict[str, Learner] | None = None, put: bool = True,
+                 num_cpus: float | None = 1) -> None:
+        _threads(num_cpus)
         self.source = source
+        self.chain = chain or []
+        self.learners = learners or {}
+        self.put = put
         self.max_batches = max_batches
         self.it = source.batches()
         self.seq = 0
 
-    def next_refs(self, k: int) -> list[tuple[int, int, Any]]:
+    def next_refs(self, k: int) -> list[tuple[int, int, Any, SideOutput | None, dict[str, LearnResult]]]:
+        """Up to ``k`` next batches: ``(seq, rows read, envelope ref or None, side or None, results)``."""
         import ray
 
         out = []
@@ -95,9 +132,19 @@ class SourceActor:
             batch = next(self.it, None)
             if batch is None:
                 break
-            out.append((self.seq, len(batch), ray.put(_Envelope(self.seq, batch, []))))
+            rows = len(batch)
+            side = None
+            events: list[Any] = []
+            if self.chain:
+                batch, events, side = _run_chain(self.chain, batch, events)
+            results = {name: learner.step(self.seq, batch, events) for name, learner in self.learners.items()}
+            ref = ray.put(_Envelope(self.seq, batch, events)) if self.put else None
+            out.append((self.seq, rows, ref, side, results))
             self.seq += 1
         return out
+
+    def finish(self) -> dict[str, LearnResult]:
+        return {name: learner.finish() for name, learner in self.learners.items()}
 
 
 class ChainActor:
@@ -106,11 +153,8 @@ class ChainActor:
         self.op = op
 
     def process(self, env: _Envelope) -> tuple[_Envelope, SideOutput]:
-        batch = env.batch
-        if batch is not None and len(batch):
-            batch = self.op.process(batch)
-        side = self.op.drain()
-        return _Envelope(env.seq, batch, env.events + side.drift_events), side
+        batch, events, side = _run_chain([self.op], env.batch, env.events)
+        return _Envelope(env.seq, batch, events), side
 
 
 class LearnerActor:
@@ -150,7 +194,8 @@ def _learner_cpus(graph: Graph, ray: Any) -> dict[str, float]:
 
 
 def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, max_batches: int | None,
-               max_in_flight: int = 4, address: str | None = None, keep_predictions: bool = False) -> None:
+               max_in_flight: int = 4, address: str | None = None, keep_predictions: bool = False,
+               fuse_chain: bool = True) -> None:
     from tideflow.pipelines.run import make_learner
 
     ray = ensure_ray(address)
@@ -158,11 +203,28 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
         raise ValueError("max_in_flight must be >= 1")
     # data-path actors are light (validation, detectors): they take no CPU slot so
     # that the learners, which do the work, get the cores
-    source = ray.remote(num_cpus=0)(SourceActor).remote(graph.source.op, max_batches)
-    chain = [ray.remote(num_cpus=0)(ChainActor).remote(s.op) for s in graph.chain]
+    ops = [s.op for s in graph.chain]
     cpus = _learner_cpus(graph, ray)
+    sinks = [s.op for s in graph.sinks]
+    # chaining: a graph whose only learner is one actor runs whole in the source actor
+    # (no process boundary per batch: on 2 cores two busy processes get ~1.2x, not 2x,
+    # the throughput of one, measured, so a hop costs more than it overlaps)
+    solo = graph.learners[0] if len(graph.learners) == 1 else None
+    chained = fuse_chain and solo is not None and (solo.route.actors if solo.route else 1) == 1
+    if chained:
+        assert solo is not None
+        learner = make_learner(graph, solo.name, schema, label_delay=label_delay, shard=(0, 1),
+                               strategy=solo.op, keep_predictions=keep_predictions)
+        source = ray.remote(num_cpus=cpus[solo.name], num_gpus=solo.num_gpus)(SourceActor).remote(
+            graph.source.op, max_batches, ops, {solo.name: learner}, bool(sinks), cpus[solo.name])
+    else:
+        # data-path actors are light (validation, detectors): they take no CPU slot so
+        # that the learners, which do the work, get the cores
+        source = ray.remote(num_cpus=0)(SourceActor).remote(graph.source.op, max_batches,
+                                                            ops if fuse_chain else None)
+    chain = [] if fuse_chain else [ray.remote(num_cpus=0)(ChainActor).remote(op) for op in ops]
     learners: dict[str, list[Any]] = {}
-    for s in graph.learners:
+    for s in ([] if chained else graph.learners):
         n = s.route.actors if s.route else 1
         cls = ray.remote(num_cpus=cpus[s.name], num_gpus=s.num_gpus)(LearnerActor)
         learners[s.name] = [
@@ -171,18 +233,18 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
                              strategy=s.op, keep_predictions=keep_predictions), cpus[s.name])
             for i in range(n)
         ]
-    sinks = [s.op for s in graph.sinks]
-    inflight: deque[tuple[int, int, list[Any], dict[str, list[Any]], Any]] = deque()
+    inflight: deque[tuple[int, int, list[Any], dict[str, Any], Any]] = deque()
 
     def finalize() -> None:
         seq, rows, sides, results, env = inflight.popleft()
         side = SideOutput()
-        for part in ray.get(sides):
-            side.extend(part)
+        fetched = iter(ray.get([x for x in sides if not isinstance(x, SideOutput)]))
+        for part in sides:
+            side.extend(part if isinstance(part, SideOutput) else next(fetched))
         merged = {}
-        for name, refs in results.items():
+        for name, got in results.items():
             res = LearnResult(seq)
-            for r in ray.get(refs):
+            for r in (ray.get(got) if isinstance(got, list) else [got]):
                 res.merge(r)
             merged[name] = res
         if sinks:
@@ -193,22 +255,27 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
         collector.add(seq, rows, side, merged)
 
     try:
+        pending = source.next_refs.remote(max_in_flight)
         while True:
-            ready = ray.get(source.next_refs.remote(max_in_flight))
+            ready = ray.get(pending)
             if not ready:
                 break
-            for seq, rows, env in ready:
-                sides = []
+            # prefetch: the source reads (and, fused, runs the data path on) the next
+            # group while the learners work on this one
+            pending = source.next_refs.remote(max_in_flight)
+            for seq, rows, env, fused_side, done in ready:
+                sides: list[Any] = [] if fused_side is None else [fused_side]
                 for actor in chain:
                     env, side = actor.process.options(num_returns=2).remote(env)
                     sides.append(side)
-                results = {name: [a.step.remote(env) for a in actors] for name, actors in learners.items()}
+                results: dict[str, Any] = dict(done)
+                results.update({name: [a.step.remote(env) for a in actors] for name, actors in learners.items()})
                 inflight.append((seq, rows, sides, results, env))
                 while len(inflight) >= max_in_flight:
                     finalize()
         while inflight:
             finalize()
-        finals = {}
+        finals = dict(ray.get(source.finish.remote()))
         for name, actors in learners.items():
             res = LearnResult(-1)
             for r in ray.get([a.finish.remote() for a in actors]):

@@ -313,6 +313,7 @@ def run_graph(
     print_summary: bool = False,
     keep_predictions: bool = False,
     metrics_every_s: float = 1.0,
+    ray_fuse_chain: bool = True,
 ) -> RunResult:
     """Run a validated graph and return its `RunResult`.
 
@@ -333,6 +334,8 @@ def run_graph(
             interval of this many seconds (at the step of the interval's last batch; 0 = one
             point per batch). Drift events are logged as they happen; every batch's record
             stays in ``RunResult.per_batch``.
+        ray_fuse_chain: Ray runner: run the data path inside the source actor (default) rather
+            than one actor per data-path step (more pipelining, more per-batch overhead).
     """
     if runner not in ("local", "ray"):
         raise ValueError(f"unknown runner {runner!r}: use 'local' or 'ray'")
@@ -374,7 +377,8 @@ def run_graph(
             from tideflow.pipelines.ray_runner import run_on_ray
 
             run_on_ray(graph, schema, collector, label_delay=label_delay, max_batches=max_batches,
-                       max_in_flight=max_in_flight, address=ray_address, keep_predictions=keep_predictions)
+                       max_in_flight=max_in_flight, address=ray_address, keep_predictions=keep_predictions,
+                       fuse_chain=ray_fuse_chain)
         status = "FINISHED"
     finally:
         if bar is not None:

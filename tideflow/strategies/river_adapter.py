@@ -60,8 +60,17 @@ class RiverStrategy(Strategy):
         return {"estimator": preprocessing.StandardScaler() | linear_model.LinearRegression()}
 
     def _rows(self, batch: Batch) -> list[dict[str, Any]]:
+        # prequential evaluation predicts and then learns on the same batch: the rows
+        # are converted to dicts once (River's progressive_val_score also hands the
+        # same dict to predict_one and learn_one). The cache holds the table itself,
+        # so an identity match cannot be a recycled id.
         assert self.features is not None
-        return batch.data.select(self.features).to_pylist()
+        cached = getattr(self, "_row_cache", None)
+        if cached is not None and cached[0] is batch.data and cached[1] == self.features:
+            return cached[2]
+        rows = batch.data.select(self.features).to_pylist()
+        self._row_cache = (batch.data, list(self.features), rows)
+        return rows
 
     def learn(self, batch: Batch) -> StepReport:
         start = time.perf_counter()
@@ -85,6 +94,11 @@ class RiverStrategy(Strategy):
         if self.task == "classification":
             return pa.array(preds)
         return pa.array([float(p) if p is not None else 0.0 for p in preds], type=pa.float64())
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_row_cache", None)  # a batch's rows are no part of the strategy
+        return state
 
     def snapshot(self) -> dict[str, Any]:
         return {"model": to_plain(self._model), "n_learned": self.n_learned}
