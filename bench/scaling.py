@@ -140,6 +140,8 @@ def _fmt_placement(p: dict[str, Any]) -> str:
             for n, c in nodes.items():
                 others[n] = others.get(n, 0) + c
     fmt = lambda d: " ".join(f"{n}:{c}" for n, c in sorted(d.items())) or "-"  # noqa: E731
+    if not learners:  # one learner: the Ray runner chains it into the source actor
+        return f"learner chained into the source actor {fmt(others)}"
     return f"learners {fmt(learners)}; data path {fmt(others)}"
 
 
