@@ -5,6 +5,7 @@
     tideflow replay stream.arrow --pipeline NAME|FILE  replay a recording through a pipeline
     tideflow compare linkload [--seeds 0,1,2]           run a comparison and write its table
     tideflow compare nowcast [--jobs 2]                 weather nowcasting: fixed / VH / trigger / both
+    tideflow resume CHECKPOINT_DIR                     continue a run that died, from its newest checkpoint
     tideflow show PIPELINE                             print a pipeline's graph
     tideflow list                                      list ready pipelines and sources
 """
@@ -31,6 +32,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default=None, help="folder for summary.json and quarantine.arrow")
     p.add_argument("--json", default=None, help="also write the summary as JSON to this path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="ray runner: write checkpoints here (resume a run that died with `tideflow resume DIR`)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="ray runner: batches between checkpoints (default 100; 0 = none)")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="ray runner: recoveries from a lost actor or node before the run fails (default 3)")
 
 
 def _run(pipeline: Any, args: argparse.Namespace) -> int:
@@ -47,6 +54,12 @@ def _run(pipeline: Any, args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight,
         print_summary=True,
         keep_predictions=bool(pipeline.reporters),
+        checkpoint_every=args.checkpoint_every,
+        max_restarts=args.max_restarts,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=getattr(args, "resume", False),
+        # what `tideflow resume` needs to rebuild this very pipeline
+        checkpoint_meta={"argv": getattr(args, "argv", None), "cwd": os.getcwd()},
     )
     for reporter in pipeline.reporters:
         reporter(result)
@@ -112,6 +125,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(Path(args.out).with_suffix(".md").read_text())
     print(f"wrote {Path(args.out).with_suffix('.json')} and .md in {doc['seconds']:.0f} s")
     return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tideflow.pipelines.checkpoint import read_meta
+
+    meta = read_meta(args.checkpoint_dir)
+    argv = meta.get("argv")
+    if not argv:
+        raise ValueError(f"{args.checkpoint_dir}/run.json does not say how the run was started "
+                         f"(it was not started by the tideflow command): resume it with "
+                         f"pipeline.run(runner='ray', checkpoint_dir=..., resume=True)")
+    if meta.get("cwd") and os.path.isdir(meta["cwd"]):
+        os.chdir(meta["cwd"])  # the run's relative paths (recordings, output) are relative to it
+    again = build_parser().parse_args(argv)
+    again.argv = argv
+    again.resume = True
+    print(f"resuming `tideflow {' '.join(argv)}` from {args.checkpoint_dir}")
+    return int(again.func(again) or 0)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -191,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("resume", help="continue a run that died, from the newest checkpoint in its folder")
+    p.add_argument("checkpoint_dir", help="the --checkpoint-dir the run was started with")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("show", help="print a pipeline's graph after validating it")
     p.add_argument("pipeline", nargs="?", default=DEFAULT)
     p.set_defaults(func=cmd_show)
@@ -203,12 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
+        from tideflow.pipelines.checkpoint import CheckpointMismatch
         from tideflow.pipelines.graph import GraphError
 
-        if isinstance(exc, (GraphError, FileNotFoundError)) or type(exc) is ValueError:
+        if isinstance(exc, (GraphError, FileNotFoundError, FileExistsError, CheckpointMismatch)) or \
+                type(exc) is ValueError:
             print(f"tideflow: error: {exc}", file=sys.stderr)
             return 2
         raise

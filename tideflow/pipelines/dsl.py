@@ -103,6 +103,7 @@ class Pipeline:
         detector_params: dict[str, Any] | None = None,
         num_cpus: float | None = None,
         num_gpus: float = 0.0,
+        resources: dict[str, float] | None = None,
     ) -> Pipeline:
         """Add strategies; all of them receive the same batches (broadcast).
 
@@ -112,7 +113,10 @@ class Pipeline:
             detector: River detector name run on each strategy's prequential
                 error (absolute error, or 0/1 misclassification); its events call
                 that strategy's ``on_drift`` and are logged.
-            num_cpus / num_gpus: resources of each strategy's actor on the Ray runner.
+            num_cpus / num_gpus: resources of each strategy's actor on the Ray runner
+                (an actor that asks for GPUs is placed on a node that has them).
+            resources: custom Ray resources each strategy's actor needs, e.g.
+                ``{"strategy_node": 1}`` to place it on the nodes started with that resource.
         """
         if not strategies:
             raise ValueError("learn() needs at least one strategy")
@@ -125,7 +129,8 @@ class Pipeline:
                 raise TypeError(f"learn() takes Strategy objects, got {type(s).__name__}")
             step_name = name if name is not None else (names[i] if names else default_name(s))
             self._steps.append(Step(step_name, "learn", s, num_cpus=num_cpus, num_gpus=num_gpus, route=route,
-                                    detector=detector, detector_params=dict(detector_params or {})))
+                                    detector=detector, detector_params=dict(detector_params or {}),
+                                    resources=dict(resources) if resources else None))
         return self
 
     def sink(self, sink: Sink, *, name: str | None = None) -> Pipeline:

@@ -246,9 +246,11 @@ class Learner:
         return result
 
     def snapshot(self) -> dict[str, Any]:
+        """Models, error detectors and the rows still waiting for their labels (plain data + batches)."""
         return {
             "instances": [[k, inst.snapshot()] for k, inst in self.instances.items()],
             "detectors": [[k, d.snapshot()] for k, d in self.detectors.items()],
+            "pending": [[seq, k, part] for seq, k, part in self._pending],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -258,3 +260,4 @@ class Learner:
             det = self._detector(k)
             assert det is not None
             det.restore(s)
+        self._pending = deque((seq, k, part) for seq, k, part in state.get("pending", []))

@@ -58,6 +58,7 @@ class Step:
     detector: str | None = None  # learn steps: River detector on the prequential error
     detector_params: dict[str, Any] = field(default_factory=dict)
     to: tuple[str, ...] | None = None  # detect steps: learn steps that receive the events (None: all)
+    resources: dict[str, float] | None = None  # learn steps: custom Ray resources of each actor
 
     def describe(self) -> str:
         return self.op.describe() if hasattr(self.op, "describe") else repr(self.op)
@@ -71,6 +72,8 @@ class Step:
             out["route"] = self.route.describe() if self.route else "broadcast"
             out["num_cpus"] = self.num_cpus
             out["num_gpus"] = self.num_gpus
+            if self.resources:
+                out["resources"] = dict(self.resources)
             if self.detector:
                 out["detector"] = {"name": self.detector, "params": self.detector_params}
         if self.to is not None:
@@ -160,8 +163,9 @@ class Graph:
                     raise GraphError(f"learn step {s.name!r} routes by key {s.route.key!r}, which is not in the schema ({schema.names})")
                 if s.route.actors < 1:
                     raise GraphError(f"learn step {s.name!r}: keyed route needs actors >= 1")
-            if s.num_gpus < 0 or (s.num_cpus is not None and s.num_cpus < 0):
-                raise GraphError(f"learn step {s.name!r}: resources must be >= 0")
+            if s.num_gpus < 0 or (s.num_cpus is not None and s.num_cpus < 0) or \
+                    any(not isinstance(v, (int, float)) or v < 0 for v in (s.resources or {}).values()):
+                raise GraphError(f"learn step {s.name!r}: resources must be numbers >= 0")
         return schema
 
     def _check_step_schema(self, s: Step, schema: Schema) -> Schema:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -42,13 +43,46 @@ from tideflow.stream.batch import Batch
 from tideflow.stream.operator import SideOutput
 
 
+def loopback_only() -> None:
+    """Keep a Ray started from this process on 127.0.0.1.
+
+    Ray 2.60 takes ``_node_ip_address="127.0.0.1"`` but then registers the node under the
+    machine's own address and its GCS, raylet and workers listen on every interface,
+    unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the switch Ray uses on laptops). The
+    variable is read when Ray is imported, so it is set here for the processes Ray
+    starts, and Ray's constant is set too in case Ray was imported already.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    consts = sys.modules.get("ray._private.ray_constants")
+    if consts is not None:
+        consts.ENABLE_RAY_CLUSTER = False
+
+
+def enable_token_auth() -> None:
+    """What ``ray.init`` does before it starts a local cluster, for ``ray.cluster_utils.Cluster``
+    (which does not): token authentication on unless ``RAY_AUTH_MODE`` says otherwise, and a
+    token created when there is none."""
+    from ray._private.authentication.authentication_token_setup import (enable_token_auth_by_default,
+                                                                         ensure_token_if_auth_enabled)
+
+    loopback_only()
+    enable_token_auth_by_default()
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+
+
 def ensure_ray(address: str | None = None) -> Any:
-    """Connect to Ray: reuse a running session, join ``address``/``RAY_ADDRESS``, or start locally."""
+    """Connect to Ray: reuse a running session, join ``address``/``RAY_ADDRESS``, or start locally.
+
+    A local start listens on 127.0.0.1 only (`loopback_only`), with the dashboard off and
+    Ray's token authentication as Ray sets it (on).
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        loopback_only()
     import ray
 
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS")
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
@@ -146,6 +180,26 @@ class SourceActor:
     def finish(self) -> dict[str, LearnResult]:
         return {name: learner.finish() for name, learner in self.learners.items()}
 
+    def snapshot(self) -> dict[str, Any]:
+        """State after the last batch handed out: source position, data path, chained learners."""
+        return {"seq": self.seq, "source": self.source.snapshot(),
+                "chain": [op.snapshot() for op in self.chain],
+                "learners": {name: learner.snapshot() for name, learner in self.learners.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.seq = int(state["seq"])
+        self.source.restore(state["source"])
+        self.it = self.source.batches()
+        for op, st in zip(self.chain, state["chain"]):
+            op.restore(st)
+        for name, st in state["learners"].items():
+            self.learners[name].restore(st)
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
 
 class ChainActor:
     def __init__(self, op: Any) -> None:
@@ -155,6 +209,12 @@ class ChainActor:
     def process(self, env: _Envelope) -> tuple[_Envelope, SideOutput]:
         batch, events, side = _run_chain([self.op], env.batch, env.events)
         return _Envelope(env.seq, batch, events), side
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.op.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.op.restore(state)
 
 
 class LearnerActor:
@@ -170,6 +230,14 @@ class LearnerActor:
 
     def snapshot(self) -> dict[str, Any]:
         return self.learner.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.learner.restore(state)
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def device(self) -> str:
         import torch
@@ -193,49 +261,164 @@ def _learner_cpus(graph: Graph, ray: Any) -> dict[str, float]:
     return wanted
 
 
+class _Actors:
+    """The actors of one attempt at running the graph; `start` makes fresh ones."""
+
+    def __init__(self, ray: Any, graph: Graph, schema: Any, *, label_delay: int, max_batches: int | None,
+                 keep_predictions: bool, fuse_chain: bool) -> None:
+        import uuid
+
+        from tideflow.pipelines.run import make_learner
+
+        # named, so that operators (and the fault tests) can find an actor: tideflow.<pipeline>.<id>.<role>
+        prefix = f"tideflow.{graph.name}.{uuid.uuid4().hex[:8]}"
+        self.prefix = prefix
+
+        ops = [s.op for s in graph.chain]
+        cpus = _learner_cpus(graph, ray)
+        self.sinks = bool(graph.sinks)
+        # chaining: a graph whose only learner is one actor runs whole in the source actor
+        # (no process boundary per batch: on 2 cores two busy processes get ~1.2x, not 2x,
+        # the throughput of one, measured, so a hop costs more than it overlaps)
+        solo = graph.learners[0] if len(graph.learners) == 1 else None
+        self.chained = fuse_chain and solo is not None and (solo.route.actors if solo.route else 1) == 1
+        if self.chained:
+            assert solo is not None
+            learner = make_learner(graph, solo.name, schema, label_delay=label_delay, shard=(0, 1),
+                                   strategy=solo.op, keep_predictions=keep_predictions)
+            self.source = ray.remote(num_cpus=cpus[solo.name], num_gpus=solo.num_gpus, **_placement(solo))(
+                SourceActor).options(name=f"{prefix}.source+learn.{solo.name}").remote(graph.source.op, max_batches, ops, {solo.name: learner}, self.sinks,
+                                    cpus[solo.name])
+        else:
+            # data-path actors are light (validation, detectors): they take no CPU slot so
+            # that the learners, which do the work, get the cores
+            self.source = ray.remote(num_cpus=0)(SourceActor).options(name=f"{prefix}.source").remote(
+                graph.source.op, max_batches, ops if fuse_chain else None)
+        self.chain = [] if fuse_chain else [
+            ray.remote(num_cpus=0)(ChainActor).options(name=f"{prefix}.chain.{s.name}").remote(s.op)
+            for s in graph.chain]
+        self.learners: dict[str, list[Any]] = {}
+        for s in ([] if self.chained else graph.learners):
+            n = s.route.actors if s.route else 1
+            cls = ray.remote(num_cpus=cpus[s.name], num_gpus=s.num_gpus, **_placement(s))(LearnerActor)
+            self.learners[s.name] = [
+                cls.options(name=f"{prefix}.learn.{s.name}.{i}").remote(
+                    make_learner(graph, s.name, schema, label_delay=label_delay, shard=(i, n),
+                                        strategy=s.op, keep_predictions=keep_predictions), cpus[s.name])
+                for i in range(n)
+            ]
+
+    def all(self) -> list[Any]:
+        return [self.source, *self.chain, *(a for actors in self.learners.values() for a in actors)]
+
+    def snapshot_refs(self) -> dict[str, Any]:
+        """Snapshot calls to the chain and learner actors (the source's is taken separately)."""
+        return {"chain": [a.snapshot.remote() for a in self.chain],
+                "learners": {name: [a.snapshot.remote() for a in actors] for name, actors in self.learners.items()}}
+
+    def restore(self, ray: Any, state: dict[str, Any]) -> None:
+        calls = [self.source.restore.remote(state["source"])]
+        calls += [a.restore.remote(st) for a, st in zip(self.chain, state["chain"])]
+        for name, actors in self.learners.items():
+            calls += [a.restore.remote(st) for a, st in zip(actors, state["learners"][name])]
+        ray.get(calls)
+
+    def kill(self, ray: Any) -> None:
+        for actor in self.all():
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone with its node
+                pass
+
+
+def _placement(step: Any) -> dict[str, Any]:
+    """Extra actor options of a learn step: custom Ray resources (``resources={"gpu_node": 1}``)."""
+    res = getattr(step, "resources", None)
+    return {"resources": dict(res)} if res else {}
+
+
+def _is_fault(exc: BaseException) -> bool:
+    """A lost actor, node or object (recoverable), as opposed to an error raised by our own code."""
+    import ray.exceptions as rex
+
+    if not isinstance(exc, rex.RayError) or isinstance(exc, rex.RayTaskError):
+        return False
+    # an actor whose constructor fails (an unimportable class, a bad argument) fails again
+    return "error raised in its creation task" not in str(exc)
+
+
 def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, max_batches: int | None,
                max_in_flight: int = 4, address: str | None = None, keep_predictions: bool = False,
-               fuse_chain: bool = True) -> None:
-    from tideflow.pipelines.run import make_learner
+               fuse_chain: bool = True, checkpoint_every: int = 100, max_restarts: int = 3,
+               checkpoints: Any = None, resume: bool = False) -> None:
+    """Run ``graph`` on Ray; on a lost actor or node, restore the last checkpoint and go on.
 
+    Every ``checkpoint_every`` batches (0: never; a failure then restarts from the first
+    batch) every actor snapshots its state at the same batch boundary; the barrier is the
+    call order itself: Ray runs one caller's calls to an actor in submission order, so a
+    ``snapshot()`` submitted right after batch k's calls sees exactly batches <= k. When
+    batch k has also reached the collector, the checkpoint is complete (and handed to
+    ``checkpoints.save`` when given). On a fault (an actor or node lost: Ray's errors other
+    than a task's own exception) every actor is replaced by a fresh one restored from the
+    checkpoint, the source seeks back, the collector rolls back, and the batches after the
+    checkpoint are processed again; their MLflow points, quarantine rows and sink writes,
+    already emitted, are not emitted twice. At most ``max_restarts`` times per run.
+    With ``resume``, the run starts from ``checkpoints.load()`` (a run that died).
+    """
     ray = ensure_ray(address)
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be >= 1")
-    # data-path actors are light (validation, detectors): they take no CPU slot so
-    # that the learners, which do the work, get the cores
-    ops = [s.op for s in graph.chain]
-    cpus = _learner_cpus(graph, ray)
-    sinks = [s.op for s in graph.sinks]
-    # chaining: a graph whose only learner is one actor runs whole in the source actor
-    # (no process boundary per batch: on 2 cores two busy processes get ~1.2x, not 2x,
-    # the throughput of one, measured, so a hop costs more than it overlaps)
-    solo = graph.learners[0] if len(graph.learners) == 1 else None
-    chained = fuse_chain and solo is not None and (solo.route.actors if solo.route else 1) == 1
-    if chained:
-        assert solo is not None
-        learner = make_learner(graph, solo.name, schema, label_delay=label_delay, shard=(0, 1),
-                               strategy=solo.op, keep_predictions=keep_predictions)
-        source = ray.remote(num_cpus=cpus[solo.name], num_gpus=solo.num_gpus)(SourceActor).remote(
-            graph.source.op, max_batches, ops, {solo.name: learner}, bool(sinks), cpus[solo.name])
-    else:
-        # data-path actors are light (validation, detectors): they take no CPU slot so
-        # that the learners, which do the work, get the cores
-        source = ray.remote(num_cpus=0)(SourceActor).remote(graph.source.op, max_batches,
-                                                            ops if fuse_chain else None)
-    chain = [] if fuse_chain else [ray.remote(num_cpus=0)(ChainActor).remote(op) for op in ops]
-    learners: dict[str, list[Any]] = {}
-    for s in ([] if chained else graph.learners):
-        n = s.route.actors if s.route else 1
-        cls = ray.remote(num_cpus=cpus[s.name], num_gpus=s.num_gpus)(LearnerActor)
-        learners[s.name] = [
-            cls.options(name=None).remote(
-                make_learner(graph, s.name, schema, label_delay=label_delay, shard=(i, n),
-                             strategy=s.op, keep_predictions=keep_predictions), cpus[s.name])
-            for i in range(n)
-        ]
-    inflight: deque[tuple[int, int, list[Any], dict[str, Any], Any]] = deque()
+    if checkpoint_every < 0 or max_restarts < 0:
+        raise ValueError("checkpoint_every and max_restarts must be >= 0")
+    options = dict(label_delay=label_delay, max_batches=max_batches, keep_predictions=keep_predictions,
+                   fuse_chain=fuse_chain)
+    start = checkpoints.load() if checkpoints is not None and resume else None
+    if start is not None:
+        collector.rollback(start["collector"])
+    initial = collector.checkpoint() if start is None else start["collector"]
+    last = start
+    restarts = 0
+    while True:
+        actors = _Actors(ray, graph, schema, **options)
+        try:
+            if last is not None:
+                actors.restore(ray, last["actors"])
+            for ckpt in _drive(ray, actors, collector, max_in_flight=max_in_flight,
+                               checkpoint_every=checkpoint_every, after=last["seq"] if last else -1):
+                last = ckpt
+                collector.commit(ckpt["seq"])
+                if checkpoints is not None:
+                    checkpoints.save(ckpt)
+            return
+        except Exception as exc:
+            if not _is_fault(exc) or restarts >= max_restarts:
+                raise
+            restarts += 1
+            where = f"the checkpoint after batch {last['seq']}" if last else "the first batch"
+            print(f"tideflow: {type(exc).__name__} ({str(exc).splitlines()[0][:200]}); restart "
+                  f"{restarts}/{max_restarts} from {where}", file=sys.stderr, flush=True)
+            collector.rollback(last["collector"] if last else initial)
+            collector.restarts = restarts
+            collector.log_restart(restarts, type(exc).__name__, last["seq"] if last else -1)
+            actors.kill(ray)
+            # Ray learns of a lost node asynchronously: new actors placed at once can land on it
+            # (seen: a second restart right after the first). A short pause, longer each time.
+            time.sleep(min(5.0, 1.0 * restarts))
+        finally:
+            actors.kill(ray)
 
-    def finalize() -> None:
+
+def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, checkpoint_every: int,
+           after: int) -> Any:
+    """The batch loop of one attempt; yields each completed checkpoint."""
+    source, chain, learners = actors.source, actors.chain, actors.learners
+    sinks = [s.op for s in collector.graph.sinks]
+    inflight: deque[tuple[int, int, list[Any], dict[str, Any], Any]] = deque()
+    pending_ckpt: dict[str, Any] | None = None
+    last_ckpt = after
+
+    def finalize() -> dict[str, Any] | None:
+        nonlocal pending_ckpt
         seq, rows, sides, results, env = inflight.popleft()
         side = SideOutput()
         fetched = iter(ray.get([x for x in sides if not isinstance(x, SideOutput)]))
@@ -247,43 +430,59 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
             for r in (ray.get(got) if isinstance(got, list) else [got]):
                 res.merge(r)
             merged[name] = res
-        if sinks:
+        if sinks and not collector.replaying(seq):
             batch = ray.get(env).batch
             if batch is not None and len(batch):
                 for sink in sinks:
                     sink.write(batch)
         collector.add(seq, rows, side, merged)
+        if pending_ckpt is not None and pending_ckpt["seq"] == seq:
+            refs, pending_ckpt = pending_ckpt, None
+            return {"seq": seq, "collector": collector.checkpoint(),
+                    "actors": {"source": ray.get(refs["source"]),
+                               "chain": ray.get(refs["chain"]),
+                               "learners": {n: ray.get(r) for n, r in refs["learners"].items()}}}
+        return None
 
-    try:
+    pending = source.next_refs.remote(max_in_flight)
+    while True:
+        ready = ray.get(pending)
+        if not ready:
+            break
+        group_end = ready[-1][0]
+        snap_source = None
+        if checkpoint_every and pending_ckpt is None and group_end - last_ckpt >= checkpoint_every:
+            # before the prefetch: the source's snapshot then follows exactly this group
+            snap_source = source.snapshot.remote()
+        # prefetch: the source reads (and, fused, runs the data path on) the next
+        # group while the learners work on this one
         pending = source.next_refs.remote(max_in_flight)
-        while True:
-            ready = ray.get(pending)
-            if not ready:
-                break
-            # prefetch: the source reads (and, fused, runs the data path on) the next
-            # group while the learners work on this one
-            pending = source.next_refs.remote(max_in_flight)
-            for seq, rows, env, fused_side, done in ready:
-                sides: list[Any] = [] if fused_side is None else [fused_side]
-                for actor in chain:
-                    env, side = actor.process.options(num_returns=2).remote(env)
-                    sides.append(side)
-                results: dict[str, Any] = dict(done)
-                results.update({name: [a.step.remote(env) for a in actors] for name, actors in learners.items()})
-                inflight.append((seq, rows, sides, results, env))
-                while len(inflight) >= max_in_flight:
-                    finalize()
-        while inflight:
-            finalize()
-        finals = dict(ray.get(source.finish.remote()))
-        for name, actors in learners.items():
-            res = LearnResult(-1)
-            for r in ray.get([a.finish.remote() for a in actors]):
-                res.merge(r)
-            finals[name] = res
-        collector.finish(finals)
-        for sink in sinks:
-            sink.close()
-    finally:
-        for actor in [source, *chain, *(a for actors in learners.values() for a in actors)]:
-            ray.kill(actor)
+        for seq, rows, env, fused_side, done in ready:
+            sides: list[Any] = [] if fused_side is None else [fused_side]
+            for actor in chain:
+                env, side = actor.process.options(num_returns=2).remote(env)
+                sides.append(side)
+            results: dict[str, Any] = dict(done)
+            results.update({name: [a.step.remote(env) for a in acts] for name, acts in learners.items()})
+            inflight.append((seq, rows, sides, results, env))
+            if snap_source is not None and seq == group_end:
+                # right after the group's last calls: every actor's snapshot is at this boundary
+                pending_ckpt = {"seq": group_end, "source": snap_source, **actors.snapshot_refs()}
+                last_ckpt = group_end
+            while len(inflight) >= max_in_flight:
+                done_ckpt = finalize()
+                if done_ckpt is not None:
+                    yield done_ckpt
+    while inflight:
+        done_ckpt = finalize()
+        if done_ckpt is not None:
+            yield done_ckpt
+    finals = dict(ray.get(source.finish.remote()))
+    for name, acts in learners.items():
+        res = LearnResult(-1)
+        for r in ray.get([a.finish.remote() for a in acts]):
+            res.merge(r)
+        finals[name] = res
+    collector.finish(finals)
+    for sink in sinks:
+        sink.close()

@@ -109,13 +109,58 @@ class Collector:
         self.events: list[DriftEvent] = []
         self.rows = 0
         self.batches = 0
+        # Recovery (Ray runner): after a failure the run rolls back to a checkpoint and the
+        # batches after it come again. Everything up to `emitted_through` already left the
+        # process (MLflow points, quarantine rows, sink writes) and is not emitted twice;
+        # the in-memory totals are rolled back and recomputed. `_cuts` are the batches at
+        # which a metrics interval was logged, so a replay cuts its intervals where the
+        # first pass did and every batch is in exactly one logged interval.
+        self.last_seq = -1
+        self.emitted_through = -1
+        self._cuts: set[int] = set()
+        self.restarts = 0
+        self.restart_log: list[dict[str, Any]] = []
+
+    _STATE = ("_window", "_window_parent", "_pending_seq", "totals", "compute", "extra", "errors",
+              "predictions", "per_batch", "quarantine_counts", "events", "rows", "batches", "last_seq")
+
+    def checkpoint(self) -> dict[str, Any]:
+        """A copy of the bookkeeping after the last added batch (see `rollback`)."""
+        import copy
+
+        return copy.deepcopy({k: getattr(self, k) for k in self._STATE})
+
+    def commit(self, seq: int) -> None:
+        """A checkpoint at batch ``seq`` is durable: no rollback will go before it."""
+        self._cuts = {c for c in self._cuts if c > seq}
+
+    def rollback(self, state: dict[str, Any]) -> None:
+        """Back to a `checkpoint`; batches added since then will come again and are not re-emitted."""
+        import copy
+
+        self.emitted_through = max(self.emitted_through, self.last_seq)
+        for k, v in copy.deepcopy(state).items():
+            setattr(self, k, v)
+
+    def log_restart(self, n: int, error: str, from_seq: int) -> None:
+        """A recovery: which restart, what was lost, which checkpoint it went back to."""
+        self.restart_log.append({"restart": n, "error": error, "from_batch": from_seq,
+                                 "emitted_through": self.emitted_through})
+        self.tracker.log_metrics(None, {"restarts": float(n)}, step=max(self.emitted_through, 0))
+
+    def replaying(self, seq: int) -> bool:
+        """Whether batch ``seq``'s outputs were emitted before a rollback."""
+        return seq <= self.emitted_through
 
     def add(self, seq: int, rows: int, side: SideOutput, results: dict[str, LearnResult]) -> None:
+        replay = self.replaying(seq)
+        self.last_seq = seq
         self.rows += rows
         self.batches += 1
         quarantined = 0
         for table in side.quarantine:
-            self.quarantine.write(table)
+            if not replay:
+                self.quarantine.write(table)
             quarantined += table.num_rows
             for reason in table.column("reason").to_pylist():
                 self.quarantine_counts[reason] = self.quarantine_counts.get(reason, 0) + 1
@@ -124,7 +169,8 @@ class Collector:
             self._window_parent["quarantined_rows"] = self._window_parent.get("quarantined_rows", 0.0) + quarantined
         for e in side.drift_events:  # events are rare and each one matters: logged at once
             self.events.append(e)
-            self.tracker.log_metrics(None, {f"drift.{e.step}": float(e.offset)}, step=seq)
+            if not replay:
+                self.tracker.log_metrics(None, {f"drift.{e.step}": float(e.offset)}, step=seq)
         for name, res in results.items():
             task = self.tasks[name]
             batch_scores = res.combined()
@@ -142,11 +188,16 @@ class Collector:
             self.per_batch[name].append(record)
             for e in res.events:
                 self.events.append(e)
-                self.tracker.log_metrics(name, {"drift_offset": float(e.offset)}, step=seq)
+                if not replay:
+                    self.tracker.log_metrics(name, {"drift_offset": float(e.offset)}, step=seq)
             self.predictions[name].extend(res.predictions)
             if res.errors:
                 self._errors(name, res.errors)
         self._pending_seq = seq
+        if replay:
+            if seq in self._cuts:
+                self.log_window(emit=False)
+            return
         now = time.monotonic()
         if now - self._last_log >= self.metrics_every_s:
             self._last_log = now
@@ -154,13 +205,19 @@ class Collector:
         if self.progress is not None:
             self.progress(rows)
 
-    def log_window(self) -> None:
-        """Log the metrics of the batches since the last call, at the step of the newest batch."""
+    def log_window(self, emit: bool = True) -> None:
+        """Log the metrics of the batches since the last call, at the step of the newest batch.
+
+        ``emit=False`` (a replay after a rollback) closes the interval without logging: its
+        points are in MLflow from the first pass.
+        """
         seq = self._pending_seq
         if seq is None:
             return
         self._pending_seq = None
-        self.tracker.log_metrics(None, self._window_parent, step=seq)
+        if emit:
+            self._cuts.add(seq)
+            self.tracker.log_metrics(None, self._window_parent, step=seq)
         self._window_parent = {}
         for name in self.tasks:
             task = self.tasks[name]
@@ -176,7 +233,8 @@ class Collector:
             metrics.update({f"cum_{k}": v for k, v in self.extra[name].items() if k in COMPUTE_EXTRA})
             if self.errors[name]:
                 metrics["strategy_errors"] = float(len(self.errors[name]))
-            self.tracker.log_metrics(name, metrics, step=seq)
+            if emit:
+                self.tracker.log_metrics(name, metrics, step=seq)
 
     def _errors(self, name: str, errors: list[str]) -> None:
         import logging
@@ -246,6 +304,9 @@ class _NullTracker:
     def log_metrics(self, name: str | None, values: dict[str, float], step: int) -> None:
         pass
 
+    def flush(self, wait_s: float = 0.0) -> bool:
+        return True
+
     def log_dict(self, obj: dict[str, Any], artifact_file: str, name: str | None = None) -> None:
         pass
 
@@ -314,6 +375,11 @@ def run_graph(
     keep_predictions: bool = False,
     metrics_every_s: float = 1.0,
     ray_fuse_chain: bool = True,
+    checkpoint_every: int = 100,
+    max_restarts: int = 3,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    checkpoint_meta: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run a validated graph and return its `RunResult`.
 
@@ -336,10 +402,33 @@ def run_graph(
             stays in ``RunResult.per_batch``.
         ray_fuse_chain: Ray runner: run the data path inside the source actor (default) rather
             than one actor per data-path step (more pipelining, more per-batch overhead).
+        checkpoint_every: Ray runner: every actor snapshots its state at the same batch boundary
+            every this many batches (0: never, a lost actor then restarts the run from the start).
+        max_restarts: Ray runner: how many times a run recovers from a lost actor or node
+            (restore the last checkpoint, replay the batches after it) before it fails.
+        checkpoint_dir: Ray runner: also write each checkpoint to this folder (atomically,
+            no pickle; the newest two are kept), so that a run that died can be resumed.
+        resume: continue from the newest checkpoint in ``checkpoint_dir`` (same pipeline graph).
+        checkpoint_meta: plain data written as ``run.json`` beside the checkpoints (the CLI
+            puts its arguments there for ``tideflow resume``).
     """
     if runner not in ("local", "ray"):
         raise ValueError(f"unknown runner {runner!r}: use 'local' or 'ray'")
     schema = graph.validate()
+    store = None
+    if checkpoint_dir is not None or resume:
+        from tideflow.pipelines.checkpoint import CheckpointStore
+
+        if runner != "ray":
+            raise ValueError("checkpoints are taken by the Ray runner: use runner='ray'")
+        if checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        store = CheckpointStore(checkpoint_dir, fingerprint=graph.fingerprint(), meta=checkpoint_meta)
+        if resume and not store.files():
+            raise FileNotFoundError(f"no checkpoint to resume from in {checkpoint_dir}")
+        if not resume and store.files():
+            raise FileExistsError(f"{checkpoint_dir} already holds checkpoints of a run: pass resume=True "
+                                  f"(tideflow resume {checkpoint_dir}) to continue it, or use an empty folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(output_dir) if output_dir is not None else Path("runs") / graph.name / f"{stamp}-{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
@@ -347,7 +436,8 @@ def run_graph(
     if tracking:
         from tideflow.pipelines.tracking import Tracker
 
-        tracker: Any = Tracker(experiment=experiment, tracking_uri=tracking_uri, run_name=f"{graph.name}-{runner}")
+        tracker: Any = Tracker(experiment=experiment, tracking_uri=tracking_uri, run_name=f"{graph.name}-{runner}",
+                               spill_path=out / "mlflow-backlog.jsonl")
     else:
         tracker = _NullTracker()
     # the whole graph as params: one dotted key per step setting (steps.<name>.params.<param>)
@@ -378,7 +468,8 @@ def run_graph(
 
             run_on_ray(graph, schema, collector, label_delay=label_delay, max_batches=max_batches,
                        max_in_flight=max_in_flight, address=ray_address, keep_predictions=keep_predictions,
-                       fuse_chain=ray_fuse_chain)
+                       fuse_chain=ray_fuse_chain, checkpoint_every=checkpoint_every,
+                       max_restarts=max_restarts, checkpoints=store, resume=resume)
         status = "FINISHED"
     finally:
         if bar is not None:
@@ -391,11 +482,13 @@ def run_graph(
             quarantine=dict(collector.quarantine_counts), drift_events=collector.events,
             rows=collector.rows, batches=collector.batches, seconds=seconds, output_dir=out,
             run_id=tracker.run_id, predictions=collector.prediction_arrays(),
+            extra={"restarts": collector.restarts, "restart_log": list(collector.restart_log)},
         )
         summary_doc = {
             "pipeline": graph.name, "runner": runner, "rows": result.rows, "batches": result.batches,
             "seconds": round(seconds, 3), "events_per_second": round(result.events_per_second, 1),
             "quarantine": result.quarantine, "quarantined_rows": result.quarantined,
+            "restarts": collector.restart_log,
             "drift_events": [e.to_dict() for e in collector.events], "strategies": summary,
         }
         (out / "summary.json").write_text(json.dumps(summary_doc, indent=2, default=str))
@@ -408,10 +501,20 @@ def run_graph(
                                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
                                 | {f"final_{k}": float(v) for k, v in s["extra"].items()},
                                 step=collector.batches)
-        tracker.log_dict(summary_doc, "summary.json")
-        if collector.quarantine.rows:
-            tracker.log_artifact(str(collector.quarantine.path))
+        # a store that went down mid-run gets time to come back before the artifacts go
+        tracker.flush(getattr(tracker, "end_wait_s", 0.0))
+        try:
+            tracker.log_dict(summary_doc, "summary.json")
+            if collector.quarantine.rows:
+                tracker.log_artifact(str(collector.quarantine.path))
+        except Exception as exc:  # noqa: BLE001 - both are in the output folder as well
+            import logging
+
+            logging.getLogger("tideflow").error("MLflow artifacts not stored (%s); they are in %s", exc, out)
         tracker.end(status)
+        stats = getattr(tracker, "stats", None)
+        if callable(stats):
+            result.extra["tracking"] = stats()
     if print_summary:
         print_summary_table(result)
     return result

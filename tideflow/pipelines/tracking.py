@@ -103,16 +103,35 @@ class MetricsLogger:
     Non-finite or non-numeric values are skipped and counted in ``skipped_points``: MLflow
     would store NaN, but a NaN accuracy is a bug signal, not a data point, and it must never
     crash the pipeline.
+
+    Outages: when a send fails (tracking server down, store locked), the points are kept,
+    in order, in a backlog and the job goes on; the backlog is sent again after
+    ``retry_seconds`` (doubling up to a minute while the store stays down) and before any
+    newer point. Up to ``max_backlog`` points stay in memory; older ones are spilled to
+    ``spill_path`` (JSON lines, one point per line) and read back when the store returns.
+    ``flush(wait_s)`` at the end keeps retrying for up to ``wait_s`` seconds; points still
+    unsent then stay in the spill file (its path is logged), so none is lost.
     """
 
     def __init__(
-        self, client: MlflowClient, *, flush_every: int = 1000, flush_seconds: float = 5.0
+        self, client: MlflowClient, *, flush_every: int = 1000, flush_seconds: float = 5.0,
+        retry_seconds: float = 2.0, max_backlog: int = 100_000, spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         self._client = client
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
+        self.retry_seconds = retry_seconds
+        self.max_backlog = max_backlog
+        self.spill_path = Path(spill_path) if spill_path is not None else None
+        self._backlog: list[tuple[str, Any]] = []  # (run_id, Metric), oldest first, after the spill file
+        self._spilled = 0  # points in the spill file
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._delay = retry_seconds
+        self.outages = 0
+        self.failed_sends = 0
         self._buffers: dict[str, list[Any]] = {}  # run_id -> [mlflow.entities.Metric]
         self._buffered = 0
         self._oldest: float | None = None  # monotonic time of the oldest unsent point
@@ -131,8 +150,13 @@ class MetricsLogger:
 
     @property
     def pending(self) -> int:
-        """Points buffered and not yet sent."""
-        return self._buffered
+        """Points buffered and not yet sent (including an outage's backlog)."""
+        return self._buffered + len(self._backlog) + self._spilled
+
+    @property
+    def down(self) -> bool:
+        """Whether the last send failed (the store is taken to be unreachable)."""
+        return self._down_since is not None
 
     def log(
         self, run_id: str, key: str, value: float, step: int, timestamp_ms: int | None = None
@@ -176,6 +200,8 @@ class MetricsLogger:
                     send = {run_id: self._take(run_id)}
         if send:
             self._send(send)
+        elif self.down and time.monotonic() >= self._next_try:
+            self._send({})  # the store may be back: try the backlog
 
     def _take(self, run_id: str) -> list[Any]:
         buf = self._buffers.pop(run_id, [])
@@ -190,24 +216,120 @@ class MetricsLogger:
         self._oldest = None
         return taken
 
-    def _send(self, batches: dict[str, list[Any]]) -> None:
-        # A failing store raises to the caller; the failed points are dropped rather than
-        # re-queued so a dead server cannot make the buffer grow without bound.
+    def _send(self, batches: dict[str, list[Any]]) -> bool:
+        """Send the backlog (oldest first), then ``batches``; on failure keep what is unsent.
+
+        Returns whether everything went out."""
         with self._send_lock:
             for run_id, metrics in batches.items():
-                for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-                    # synchronous=True: with MLflow's async logging enabled by env, the
-                    # count below would otherwise claim points that may still fail.
-                    self._client.log_batch(run_id, metrics=chunk, synchronous=True)
-                    with self._lock:
-                        self._points_logged += len(chunk)
+                self._backlog.extend((run_id, m) for m in metrics)
+            if self.down and time.monotonic() < self._next_try:
+                self._bound_backlog()
+                return False
+            try:
+                self._drain()
+            except Exception as exc:  # noqa: BLE001 - any store failure: keep the points, go on
+                self._failed(exc)
+                self._bound_backlog()
+                return False
+            if self._down_since is not None:
+                _log.warning("MLflow store %s is reachable again after %.0f s: backlog sent",
+                             getattr(self._client, "tracking_uri", ""), time.monotonic() - self._down_since)
+                self._down_since = None
+                self._delay = self.retry_seconds
+            return True
 
-    def flush(self) -> None:
-        """Send everything buffered, per run, in chunks of <= 1000 metrics."""
+    def _drain(self) -> None:
+        """Send the spilled points, then the in-memory backlog, oldest first: each call takes
+        the longest run of points of one MLflow run (<= 1000) from the head of the backlog and
+        removes exactly those once the store has them, so a failure part-way re-sends nothing."""
+        if self._spilled:
+            spilled = self._read_spill()
+            assert self.spill_path is not None
+            self._backlog[:0] = spilled
+            self.spill_path.unlink(missing_ok=True)
+            self._spilled = 0
+        backlog = self._backlog
+        while backlog:
+            run_id = backlog[0][0]
+            n = 1
+            while n < len(backlog) and n < MAX_METRICS_PER_BATCH and backlog[n][0] == run_id:
+                n += 1
+            # synchronous=True: with MLflow's async logging enabled by env, the
+            # count below would otherwise claim points that may still fail.
+            self._client.log_batch(run_id, metrics=[m for _, m in backlog[:n]], synchronous=True)
+            del backlog[:n]
+            with self._lock:
+                self._points_logged += n
+
+    def _failed(self, exc: Exception) -> None:
+        self.failed_sends += 1
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            self.outages += 1
+            _log.warning("MLflow store %s unreachable (%s: %s); buffering metrics and retrying",
+                         getattr(self._client, "tracking_uri", ""), type(exc).__name__,
+                         str(exc).splitlines()[0][:200] if str(exc) else "")
+        else:
+            self._delay = min(60.0, self._delay * 2)
+        self._next_try = now + self._delay
+
+    def _bound_backlog(self) -> None:
+        """Past ``max_backlog`` points in memory, append the oldest to the spill file."""
+        if len(self._backlog) <= self.max_backlog:
+            return
+        if self.spill_path is None:
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix="tideflow-metrics-", suffix=".jsonl")
+            os.close(fd)
+            self.spill_path = Path(name)
+        import json
+
+        n = len(self._backlog) - self.max_backlog // 2
+        with open(self.spill_path, "a") as fh:
+            for run_id, m in self._backlog[:n]:
+                fh.write(json.dumps([run_id, m.key, m.value, m.timestamp, m.step]) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        del self._backlog[:n]
+        self._spilled += n
+
+    def _read_spill(self) -> list[tuple[str, Any]]:
+        import json
+
+        assert self.spill_path is not None
+        out = []
+        with open(self.spill_path) as fh:
+            for line in fh:
+                run_id, key, value, ts, step = json.loads(line)
+                out.append((run_id, self._metric_cls(key, value, ts, step)))
+        return out
+
+    def flush(self, wait_s: float = 0.0) -> bool:
+        """Send everything buffered; with a backlog from an outage, retry for up to ``wait_s``
+        seconds. Returns whether nothing is left unsent."""
         with self._lock:
             send = self._take_all()
-        if send:
-            self._send(send)
+        deadline = time.monotonic() + wait_s
+        ok = self._send(send) if (send or self._backlog or self._spilled) else True
+        while not ok and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(self._next_try, deadline) - time.monotonic()))
+            self._next_try = 0.0
+            ok = self._send({})
+        if not ok:
+            self._bound_backlog_all()
+        return ok
+
+    def _bound_backlog_all(self) -> None:
+        """Put every unsent point into the spill file (at the end, so none is lost)."""
+        keep, self.max_backlog = self.max_backlog, 0
+        try:
+            self._bound_backlog()
+        finally:
+            self.max_backlog = keep
+        _log.error("MLflow store still unreachable: %d metric points kept in %s", self._spilled, self.spill_path)
 
 
 class Tracker:
@@ -226,8 +348,12 @@ class Tracker:
         enabled: bool = True,
         flush_every: int = 1000,
         flush_seconds: float = 5.0,
+        end_wait_s: float = 120.0,
+        spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.enabled = enabled
+        self.end_wait_s = end_wait_s
+        self.spill_path = spill_path
         self.experiment = experiment
         self.run_name = run_name
         self._cwd = Path.cwd()
@@ -254,6 +380,12 @@ class Tracker:
         if not self.enabled:
             return None
         if self._client is None:
+            # MLflow retries a failed HTTP request 7 times with backoff (minutes in all): the
+            # driver would stall that long per send during an outage. Two quick retries, then
+            # the points go to the backlog (MetricsLogger); the user's settings win.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -338,7 +470,8 @@ class Tracker:
             run = client.create_run(self.experiment_id, run_name=self.run_name)
             self.run_id = run.info.run_id
             self._metrics = MetricsLogger(
-                client, flush_every=self._flush_every, flush_seconds=self._flush_seconds
+                client, flush_every=self._flush_every, flush_seconds=self._flush_seconds,
+                spill_path=self.spill_path,
             )
         self._log_params(self.run_id, params)
         return self.run_id
@@ -402,9 +535,20 @@ class Tracker:
         for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             client.log_batch(run_id, tags=chunk, synchronous=True)
 
-    def flush(self) -> None:
+    def stats(self) -> dict[str, Any]:
+        """Points sent, outages seen, sends that failed, points still unsent and where they are."""
+        m = self._metrics
+        if m is None:
+            return {"points_logged": 0, "outages": 0, "failed_sends": 0, "pending": 0}
+        return {"points_logged": m.points_logged, "outages": m.outages, "failed_sends": m.failed_sends,
+                "pending": m.pending, "skipped_points": m.skipped_points,
+                "spill_path": str(m.spill_path) if m.pending and m.spill_path else None}
+
+    def flush(self, wait_s: float = 0.0) -> bool:
+        """Send buffered metrics; after an outage, retry for up to ``wait_s`` seconds."""
         if self._metrics is not None:
-            self._metrics.flush()
+            return self._metrics.flush(wait_s)
+        return True
 
     def end(self, status: str = "FINISHED") -> None:
         """Flush metrics, then terminate child runs and the parent run with `status`.
@@ -421,11 +565,15 @@ class Tracker:
         client = self.client
         assert client is not None
         try:
-            self.flush()
+            # a store that went down mid-run gets `end_wait_s` to come back before the
+            # points left are kept in the spill file (the run is not failed for it)
+            self.flush(self.end_wait_s)
         finally:
-            for run_id in self.child_ids.values():
-                client.set_terminated(run_id, status)
-            client.set_terminated(self.run_id, status)
+            for run_id in [*self.child_ids.values(), self.run_id]:
+                try:
+                    client.set_terminated(run_id, status)
+                except Exception as exc:  # noqa: BLE001 - the store is down; the job's result stands
+                    _log.error("could not mark MLflow run %s %s: %s", run_id, status, exc)
 
     def __enter__(self) -> Tracker:
         return self

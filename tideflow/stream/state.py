@@ -85,6 +85,16 @@ def _resolve(path: str, allowed: tuple[str, ...]) -> Any:
     raise UnsafeStateError(f"cannot import {path!r}")
 
 
+def _batch_bytes(batch: Any) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    rb = batch.data
+    with pa.ipc.new_stream(sink, rb.schema) as writer:
+        writer.write_batch(rb)
+    return sink.getvalue().to_pybytes()
+
+
 def to_plain(obj: Any) -> Any:
     """Encode ``obj`` as a tree of plain values (see module docstring)."""
     memo: dict[int, int] = {}
@@ -131,6 +141,10 @@ def _encode(obj: Any, memo: dict[int, int], keep: list[Any]) -> Any:
             return obj.detach().clone()
     except ImportError:  # pragma: no cover - torch is a core dependency
         pass
+    from tideflow.stream.batch import Batch
+
+    if isinstance(obj, Batch):  # rows waiting for labels in a checkpoint: Arrow IPC bytes
+        return {"__batch__": _batch_bytes(obj), "stream_id": obj.stream_id}
     reducer = getattr(obj, "__reduce_ex__", None)
     if reducer is None:
         raise TypeError(f"cannot snapshot {type(obj).__name__}")
@@ -176,6 +190,13 @@ def _decode(data: Any, memo: dict[int, Any], allowed: tuple[str, ...]) -> Any:
         return arr.reshape(data["shape"])
     if "__dtype__" in data:
         return np.dtype(data["__dtype__"])
+    if "__batch__" in data:
+        import pyarrow as pa
+
+        from tideflow.stream.batch import Batch
+
+        with pa.ipc.open_stream(data["__batch__"]) as reader:
+            return Batch(reader.read_next_batch(), data["stream_id"])
     if "__ref__" in data:
         return _resolve(data["__ref__"], allowed)
     if "__alias__" in data:

@@ -1,0 +1,138 @@
+"""Checkpoints on disk: one file per checkpoint, written atomically, loaded without pickle.
+
+A checkpoint is what the Ray runner collects at one batch boundary (see
+`tideflow.pipelines.ray_runner.run_on_ray`): the batch number, every actor's
+snapshot (source position, data-path operators, learners with their models and
+the rows still waiting for labels) and the driver's bookkeeping. On disk it is
+``<dir>/ckpt-<batch>.pt``, a ``torch.save`` of plain data only: the snapshot tree
+goes through `tideflow.stream.state.to_plain` (library objects become trees of
+numbers, strings, bytes and tensors that name their classes; batches become
+Arrow IPC bytes), and it is read back with ``torch.load(weights_only=True)``,
+which refuses anything but plain data, then rebuilt by `from_plain`, which
+imports only allow-listed modules. Opening a checkpoint cannot run code.
+
+Writing goes to ``ckpt-<batch>.pt.tmp``, is flushed to disk, and is then renamed
+over the final name, so a crash mid-write leaves the previous checkpoint intact
+and no half-written file under a checkpoint's name. Each file carries the
+graph's fingerprint; resuming a different pipeline from it is an error.
+
+>>> import tempfile
+>>> d = tempfile.mkdtemp()
+>>> store = CheckpointStore(d, fingerprint="abc")
+>>> _ = store.save({"seq": 9, "actors": {"x": [1.5, None]}, "collector": {}})
+>>> store.load()["actors"]
+{'x': [1.5, None]}
+>>> CheckpointStore(d, fingerprint="other").load()
+Traceback (most recent call last):
+...
+tideflow.pipelines.checkpoint.CheckpointMismatch: ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+FORMAT = "tideflow-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint was written by a different pipeline graph (or format)."""
+
+
+class CheckpointStore:
+    """Checkpoints of one run in a folder (local path).
+
+    Args:
+        directory: the folder (created on the first save).
+        fingerprint: the graph's `Graph.fingerprint()`; saved and checked on load.
+        keep: how many of the newest checkpoints to keep (older ones are deleted).
+        meta: plain data saved beside the checkpoints as ``run.json`` (what
+            ``tideflow resume`` needs to rebuild the pipeline).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, fingerprint: str, keep: int = 2,
+                 meta: dict[str, Any] | None = None) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.dir = Path(directory)
+        self.fingerprint = fingerprint
+        self.keep = keep
+        self.meta = meta
+        self.saved = 0
+
+    def files(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def save(self, checkpoint: dict[str, Any]) -> Path:
+        import torch
+
+        from tideflow.stream.state import to_plain
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.meta is not None and self.saved == 0:
+            _atomic_write(self.dir / "run.json", json.dumps(self.meta, indent=2, default=str).encode())
+        seq = int(checkpoint["seq"])
+        final = self.dir / f"ckpt-{seq:012d}.pt"
+        tmp = final.with_name(final.name + ".tmp")
+        doc = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "seq": seq,
+               "state": to_plain(checkpoint)}
+        with open(tmp, "wb") as fh:
+            torch.save(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self.saved += 1
+        for old in self.files()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return final
+
+    def load(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+        """The newest checkpoint (or ``path``), or None when there is none."""
+        import torch
+
+        from tideflow.stream.state import from_plain
+
+        if path is None:
+            files = self.files()
+            if not files:
+                return None
+            path = files[-1]
+        doc = torch.load(path, weights_only=True, map_location="cpu")
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise CheckpointMismatch(f"{path} is not a tideflow checkpoint")
+        if doc.get("version") != VERSION:
+            raise CheckpointMismatch(f"{path}: checkpoint format version {doc.get('version')}, "
+                                     f"this tideflow reads {VERSION}")
+        if doc.get("fingerprint") != self.fingerprint:
+            raise CheckpointMismatch(
+                f"{path} was written by a different pipeline graph (fingerprint {doc.get('fingerprint')}, "
+                f"this pipeline's is {self.fingerprint}); resume the pipeline that wrote it, or use a new "
+                f"checkpoint folder")
+        return from_plain(doc["state"])
+
+
+def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``run.json`` a run wrote beside its checkpoints."""
+    path = Path(directory) / "run.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {directory} a checkpoint folder of a tideflow run?")
+    return json.loads(path.read_text())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
