@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test bench clean install
+.PHONY: run test bench soak clean install
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	@start=$$(date +%s); for b in $(BENCHES); do \
 	  echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit $$?; \
 	done; echo "make bench: all $(words $(BENCHES)) benchmarks in $$(( $$(date +%s) - start )) s"
+
+# Ten minutes of one pipeline on the Ray runner: throughput and memory over time (bench/soak.py).
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) runs mlruns mlartifacts mlflow.db .pytest_cache

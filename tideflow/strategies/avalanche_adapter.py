@@ -19,6 +19,7 @@ Departures, and why:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from typing import Any, Callable
@@ -43,6 +44,18 @@ def default_mlp(n_inputs: int, n_classes: int, hidden: int) -> Any:
 
     return nn.Sequential(nn.Linear(n_inputs, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
 
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """No warnings from Avalanche inside: its ``@deprecated`` calls ``simplefilter("once")`` on
+    every call, which undoes an "ignore" filter and, with filters changing per batch, prints
+    its message once per batch (a 10-minute run logged thousands). Hiding the display too
+    (restored on exit) keeps worker logs readable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.showwarning = lambda *args, **kwargs: None
+        yield
 
 class AvalancheStrategy(Strategy):
     """Adapter over an Avalanche supervised strategy (classification).
@@ -130,8 +143,7 @@ class AvalancheStrategy(Strategy):
         cls = getattr(training, self.strategy, None)
         if cls is None:
             raise ValueError(f"avalanche.training has no strategy {self.strategy!r}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             self._template = cls(
                 model=self._net,
                 optimizer=self._optimizer,
@@ -177,8 +189,7 @@ class AvalancheStrategy(Strategy):
         )
         experience = benchmark_from_datasets(train=[data]).train_stream[0]
         torch.manual_seed(self.seed * 1_000_003 + self.n_batches)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             self._template.train(experience)
         self.n_batches += 1
         self.n_learned += len(batch)
