@@ -63,6 +63,10 @@ class Source:
     def restore(self, state: dict[str, Any]) -> None:
         self.seek(int(state["position"]))
 
+    def commit(self, state: dict[str, Any]) -> None:
+        """Everything before ``state`` (a `snapshot` of this source) is durably processed:
+        a broker source acknowledges it now (default: nothing to do)."""
+
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"

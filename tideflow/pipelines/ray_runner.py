@@ -195,6 +195,10 @@ class SourceActor:
         for name, st in state["learners"].items():
             self.learners[name].restore(st)
 
+    def commit(self, state: dict[str, Any] | None = None) -> None:
+        """Tell the source that everything before ``state`` (default: all handed out) is durable."""
+        self.source.commit(state if state is not None else self.source.snapshot())
+
     def node(self) -> str:
         import ray
 
@@ -389,6 +393,8 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
                 collector.commit(ckpt["seq"])
                 if checkpoints is not None:
                     checkpoints.save(ckpt)
+                # durable now: a broker source may acknowledge what came before it
+                actors.source.commit.remote(ckpt["actors"]["source"]["source"])
             return
         except Exception as exc:
             if not _is_fault(exc) or restarts >= max_restarts:
@@ -486,3 +492,4 @@ def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, che
     collector.finish(finals)
     for sink in sinks:
         sink.close()
+    ray.get(source.commit.remote())  # the run is complete: every batch it read is processed

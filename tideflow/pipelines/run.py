@@ -525,7 +525,12 @@ def _run_local(graph: Graph, schema: Any, collector: Collector, *, label_delay: 
     learners = make_learners(graph, schema, label_delay=label_delay, keep_predictions=keep_predictions)
     chain = [s.op for s in graph.chain]
     sinks = [s.op for s in graph.sinks]
-    for seq, batch in enumerate(graph.source.op.batches()):
+    source = graph.source.op
+    from tideflow.connectors.base import Source
+
+    # a broker source acknowledges a batch once it is processed (no checkpoints here)
+    acks = isinstance(source, Source) and type(source).commit is not Source.commit
+    for seq, batch in enumerate(source.batches()):
         if max_batches is not None and seq >= max_batches:
             break
         rows = len(batch)
@@ -541,6 +546,8 @@ def _run_local(graph: Graph, schema: Any, collector: Collector, *, label_delay: 
             for sink in sinks:
                 sink.write(current)
         collector.add(seq, rows, side, results)
+        if acks:
+            source.commit(source.snapshot())
     collector.finish({name: lrn.finish() for name, lrn in learners.items()})
     for sink in sinks:
         sink.close()
