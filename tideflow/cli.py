@@ -6,6 +6,7 @@
     tideflow compare linkload [--seeds 0,1,2]           run a comparison and write its table
     tideflow compare nowcast [--jobs 2]                 weather nowcasting: fixed / VH / trigger / both
     tideflow resume CHECKPOINT_DIR                     continue a run that died, from its newest checkpoint
+    tideflow submit [--address URL] -- run ...         run a tideflow command as a Ray Job on a cluster
     tideflow show PIPELINE                             print a pipeline's graph
     tideflow list                                      list ready pipelines and sources
 """
@@ -145,6 +146,43 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return int(again.func(again) or 0)
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """A tideflow command as a Ray Job on a cluster (its job server: the dashboard's port)."""
+    import shlex
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    command = list(args.job_command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise ValueError("nothing to submit: give the tideflow command after --, e.g. "
+                         "tideflow submit -- run linkload --runner ray")
+    address = (args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265")
+    entrypoint = f"{shlex.quote(args.python)} -m tideflow.cli {shlex.join(command)}"
+    runtime_env: dict[str, Any] = {}  # the engine sets its workers' thread counts itself
+    if args.working_dir:
+        runtime_env["working_dir"] = args.working_dir
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    print(f"submitted {job_id} to {address}: {entrypoint}", flush=True)
+    if args.no_wait:
+        return 0
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        if deadline is not None and time.monotonic() > deadline:
+            client.stop_job(job_id)
+            print(f"tideflow: {job_id} did not finish within {args.timeout:.0f} s; stopped it", file=sys.stderr)
+            return 1
+        time.sleep(1.0)
+        status = client.get_job_status(job_id)
+    print(client.get_job_logs(job_id), end="")
+    print(f"{job_id}: {status.value}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from tideflow.pipelines.ready import load_pipeline
 
@@ -225,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a run that died, from the newest checkpoint in its folder")
     p.add_argument("checkpoint_dir", help="the --checkpoint-dir the run was started with")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("submit", help="submit a tideflow command to a Ray cluster as a Ray Job")
+    p.add_argument("--address", default=None,
+                   help="the cluster's job server (default RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)")
+    p.add_argument("--python", default="python",
+                   help="the cluster's Python with tideflow installed (default: python on its PATH)")
+    p.add_argument("--working-dir", default=None, help="a folder to upload with the job (runtime_env working_dir)")
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    p.add_argument("job_command", nargs=argparse.REMAINDER,
+                   help="the tideflow command, after --: e.g. -- run linkload --runner ray")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("show", help="print a pipeline's graph after validating it")
     p.add_argument("pipeline", nargs="?", default=DEFAULT)

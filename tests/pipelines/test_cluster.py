@@ -42,3 +42,16 @@ def test_strategy_node_killed_mid_stream(tmp_path, mode):
     assert doc["samples_trained"] == doc["expected_rows"]  # every batch learned once
     assert doc["per_batch_equal"] and doc["drift_equal"]
     assert doc["mae"] == doc["baseline_mae"]
+
+
+def test_tideflow_submit_runs_a_pipeline_as_a_ray_job(tmp_path):
+    out = tmp_path / "submit.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, str(HERE / "submit_job.py"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=420)
+    assert out.exists(), f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    doc = json.loads(out.read_text())
+    assert doc["returncode"] == 0, doc
+    assert "SUCCEEDED" in doc["stdout"]
+    # the job itself ran the pipeline on the cluster (RAY_ADDRESS) and wrote its summary
+    assert doc["summary"]["runner"] == "ray" and doc["summary"]["batches"] == 6

@@ -73,7 +73,10 @@ class CheckpointStore:
         found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
         return [p for _, p in sorted(found)]
 
-    def save(self, checkpoint: dict[str, Any]) -> Path:
+    def save(self, checkpoint: dict[str, Any], history: dict[str, Any] | None = None) -> Path:
+        """Write one checkpoint; ``history``, the run's records since the previous checkpoint
+        (per-batch metrics, drift events, ...), is appended to ``history.jsonl`` first, so a
+        checkpoint file never refers to records that are not on disk."""
         import torch
 
         from tideflow.stream.state import to_plain
@@ -82,6 +85,11 @@ class CheckpointStore:
         if self.meta is not None and self.saved == 0:
             _atomic_write(self.dir / "run.json", json.dumps(self.meta, indent=2, default=str).encode())
         seq = int(checkpoint["seq"])
+        if history is not None:
+            with open(self.dir / "history.jsonl", "a") as fh:
+                fh.write(json.dumps({"seq": seq, **history}, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
         final = self.dir / f"ckpt-{seq:012d}.pt"
         tmp = final.with_name(final.name + ".tmp")
         doc = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "seq": seq,
@@ -118,7 +126,36 @@ class CheckpointStore:
                 f"{path} was written by a different pipeline graph (fingerprint {doc.get('fingerprint')}, "
                 f"this pipeline's is {self.fingerprint}); resume the pipeline that wrote it, or use a new "
                 f"checkpoint folder")
-        return from_plain(doc["state"])
+        state = from_plain(doc["state"])
+        state["history"] = self.history(int(doc["seq"]))
+        return state
+
+    def history(self, upto: int) -> list[dict[str, Any]]:
+        """The history records of checkpoints up to batch ``upto``, oldest first."""
+        path = self.dir / "history.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        with open(path) as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash: after every checkpoint
+                    break
+                if rec["seq"] > upto:
+                    break
+                out.append(rec)
+        return out
+
+    def truncate_history(self, upto: int) -> None:
+        """Drop history records of checkpoints after batch ``upto`` (written, then the run died
+        before that checkpoint file was complete): a resumed run writes them again."""
+        path = self.dir / "history.jsonl"
+        if path.exists():
+            keep = self.history(upto)
+            _atomic_write(path, "".join(json.dumps(r, default=str) + "\n" for r in keep).encode())
 
 
 def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:

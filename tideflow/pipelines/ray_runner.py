@@ -84,6 +84,9 @@ def ensure_ray(address: str | None = None) -> Any:
     if ray.is_initialized():
         return ray
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # inside a Ray Job (tideflow submit) the job's runtime_env and ours are merged, ours
+    # winning where both set a variable (Ray refuses the overlap otherwise)
+    os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
@@ -378,9 +381,12 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
                    fuse_chain=fuse_chain)
     start = checkpoints.load() if checkpoints is not None and resume else None
     if start is not None:
+        checkpoints.truncate_history(start["seq"])
+        collector.load_history(start["history"])
         collector.rollback(start["collector"])
     initial = collector.checkpoint() if start is None else start["collector"]
     last = start
+    saved = start["collector"]["lengths"] if start is not None else None  # history on disk so far
     restarts = 0
     while True:
         actors = _Actors(ray, graph, schema, **options)
@@ -392,7 +398,9 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
                 last = ckpt
                 collector.commit(ckpt["seq"])
                 if checkpoints is not None:
-                    checkpoints.save(ckpt)
+                    lengths = ckpt["collector"]["lengths"]
+                    checkpoints.save(ckpt, history=collector.history(saved, lengths))
+                    saved = lengths
                 # durable now: a broker source may acknowledge what came before it
                 actors.source.commit.remote(ckpt["actors"]["source"]["source"])
             return

@@ -121,14 +121,44 @@ class Collector:
         self.restarts = 0
         self.restart_log: list[dict[str, Any]] = []
 
-    _STATE = ("_window", "_window_parent", "_pending_seq", "totals", "compute", "extra", "errors",
-              "predictions", "per_batch", "quarantine_counts", "events", "rows", "batches", "last_seq")
+    # small state, copied whole at a checkpoint; the histories below only grow, so a
+    # checkpoint records their lengths (a copy of them would cost O(run length) each time)
+    _STATE = ("_window", "_window_parent", "_pending_seq", "totals", "compute", "extra",
+              "quarantine_counts", "rows", "batches", "last_seq")
 
     def checkpoint(self) -> dict[str, Any]:
-        """A copy of the bookkeeping after the last added batch (see `rollback`)."""
+        """The bookkeeping after the last added batch (see `rollback`): the small state, and
+        the lengths of the per-batch records, predictions, errors and events."""
         import copy
 
-        return copy.deepcopy({k: getattr(self, k) for k in self._STATE})
+        state = copy.deepcopy({k: getattr(self, k) for k in self._STATE})
+        state["lengths"] = {"per_batch": {n: len(v) for n, v in self.per_batch.items()},
+                            "predictions": {n: len(v) for n, v in self.predictions.items()},
+                            "errors": {n: len(v) for n, v in self.errors.items()},
+                            "events": len(self.events)}
+        return state
+
+    def history(self, since: dict[str, Any] | None, upto: dict[str, Any]) -> dict[str, Any]:
+        """The history records between two checkpoints' lengths (plain data, for the disk)."""
+        lo = since or {"per_batch": {}, "predictions": {}, "errors": {}, "events": 0}
+        return {
+            "per_batch": {n: self.per_batch[n][lo["per_batch"].get(n, 0):k] for n, k in upto["per_batch"].items()},
+            "predictions": {n: [list(map(list, p)) for p in self.predictions[n][lo["predictions"].get(n, 0):k]]
+                            for n, k in upto["predictions"].items()},
+            "errors": {n: self.errors[n][lo["errors"].get(n, 0):k] for n, k in upto["errors"].items()},
+            "events": [e.to_dict() for e in self.events[lo["events"]:upto["events"]]],
+        }
+
+    def load_history(self, parts: list[dict[str, Any]]) -> None:
+        """Rebuild the histories from `history` records (a resume from disk), oldest first."""
+        for part in parts:
+            for n, recs in part["per_batch"].items():
+                self.per_batch[n].extend(recs)
+            for n, preds in part["predictions"].items():
+                self.predictions[n].extend(tuple(p) for p in preds)  # type: ignore[misc]
+            for n, errs in part["errors"].items():
+                self.errors[n].extend(errs)
+            self.events.extend(DriftEvent(**e) for e in part["events"])
 
     def commit(self, seq: int) -> None:
         """A checkpoint at batch ``seq`` is durable: no rollback will go before it."""
@@ -139,8 +169,17 @@ class Collector:
         import copy
 
         self.emitted_through = max(self.emitted_through, self.last_seq)
-        for k, v in copy.deepcopy(state).items():
+        state = copy.deepcopy(state)
+        lengths = state.pop("lengths")
+        for k, v in state.items():
             setattr(self, k, v)
+        for n, k in lengths["per_batch"].items():
+            del self.per_batch[n][k:]
+        for n, k in lengths["predictions"].items():
+            del self.predictions[n][k:]
+        for n, k in lengths["errors"].items():
+            del self.errors[n][k:]
+        del self.events[lengths["events"]:]
 
     def log_restart(self, n: int, error: str, from_seq: int) -> None:
         """A recovery: which restart, what was lost, which checkpoint it went back to."""
