@@ -165,7 +165,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.working_dir:
         runtime_env["working_dir"] = args.working_dir
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    # a head that has just started answers "No available agent to submit job, please try
+    # again later" until its job agent is up: retried for up to a minute and a half
+    give_up = time.monotonic() + 90
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as exc:
+            if "try again later" not in str(exc) or time.monotonic() > give_up:
+                raise
+            time.sleep(2.0)
     print(f"submitted {job_id} to {address}: {entrypoint}", flush=True)
     if args.no_wait:
         return 0
