@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/tideflow run linkload --runner ray
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Every benchmark in turn (about 15 minutes on 2 cores); each writes bench/results/<name>.json.
 BENCHES := runner_overhead stages tracking_overhead learning_cost peers memory scaling

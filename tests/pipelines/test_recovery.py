@@ -153,3 +153,20 @@ def test_a_run_that_died_resumes_from_its_checkpoint_folder(recording, tmp_path,
     assert resumed.summary["lin"]["samples_trained"] == BATCHES * ROWS
     assert _comparable(resumed.per_batch) == _comparable(baseline.per_batch)
     assert resumed.summary["lin"]["mae"] == baseline.summary["lin"]["mae"]
+
+
+class _NoSeek(tf.SyntheticSource):
+    """A source that cannot tell its position (a custom source without seek)."""
+
+    @property
+    def position(self):
+        raise NotImplementedError
+
+
+def test_a_source_that_cannot_seek_runs_without_checkpoints(ray_session, capfd):
+    src = _NoSeek("friedman-drift", n=1000, batch_size=100, seed=1)
+    result = (tf.Pipeline("noseek").source(src).validate()
+              .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="lin")
+              .run(runner="ray", tracking=False, progress=False, checkpoint_every=2, max_in_flight=2))
+    assert result.batches == 10 and result.summary["lin"]["samples_trained"] == 1000
+    assert "cannot seek" in capfd.readouterr().err

@@ -183,9 +183,14 @@ class SourceActor:
     def finish(self) -> dict[str, LearnResult]:
         return {name: learner.finish() for name, learner in self.learners.items()}
 
-    def snapshot(self) -> dict[str, Any]:
-        """State after the last batch handed out: source position, data path, chained learners."""
-        return {"seq": self.seq, "source": self.source.snapshot(),
+    def snapshot(self) -> dict[str, Any] | None:
+        """State after the last batch handed out: source position, data path, chained learners
+        (None when the source cannot tell its position: no checkpoints for that run)."""
+        try:
+            source_state = self.source.snapshot()
+        except NotImplementedError:
+            return None
+        return {"seq": self.seq, "source": source_state,
                 "chain": [op.snapshot() for op in self.chain],
                 "learners": {name: learner.snapshot() for name, learner in self.learners.items()}}
 
@@ -452,8 +457,16 @@ def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, che
         collector.add(seq, rows, side, merged)
         if pending_ckpt is not None and pending_ckpt["seq"] == seq:
             refs, pending_ckpt = pending_ckpt, None
+            source_state = ray.get(refs["source"])
+            if source_state is None:
+                nonlocal checkpoint_every
+                checkpoint_every = 0
+                print(f"tideflow: the source {type(collector.graph.source.op).__name__} cannot seek "
+                      f"(no position): no checkpoints; a lost actor restarts the run from its start",
+                      file=sys.stderr, flush=True)
+                return None
             return {"seq": seq, "collector": collector.checkpoint(),
-                    "actors": {"source": ray.get(refs["source"]),
+                    "actors": {"source": source_state,
                                "chain": ray.get(refs["chain"]),
                                "learners": {n: ray.get(r) for n, r in refs["learners"].items()}}}
         return None
