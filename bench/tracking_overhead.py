@@ -106,10 +106,10 @@ _SENT: dict[str, float] = {"seconds": 0.0, "calls": 0, "points": 0}
 _original_send = tracking_mod.MetricsLogger._send
 
 
-def _timed_send(self: Any, batches: dict[str, list[Any]]) -> None:
+def _timed_send(self: Any, batches: dict[str, list[Any]]) -> Any:
     t = time.perf_counter()
     try:
-        _original_send(self, batches)
+        return _original_send(self, batches)  # whether everything went out (the logger relies on it)
     finally:
         _SENT["seconds"] += time.perf_counter() - t
         _SENT["calls"] += sum(-(-len(m) // tracking_mod.MAX_METRICS_PER_BATCH) for m in batches.values())
