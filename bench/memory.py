@@ -489,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=0.2,
                     help="warm-up: at least this fraction of the batches (default 0.2)")
     ap.add_argument("--flat-pct", type=float, default=5.0, help="'flat' when growth after warm-up is below this %% (5)")
+    ap.add_argument("--checkpoint-every", type=int, default=100,
+                    help="the runner's checkpoint interval in batches (default 100, the engine's; 0 = none)")
     ap.add_argument("--settle", type=float, default=10.0,
                     help="after each run, wait at most this many s for the store and workers to be released (10)")
     ap.add_argument("--max-in-flight", type=int, default=4, help="Ray runner backpressure (run_graph default 4)")
@@ -534,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                 _BATCHES.clear()
                 t_start = time.perf_counter()
                 result = pipeline.run(runner="ray", tracking=False, progress=False, max_batches=max_batches,
+                                      checkpoint_every=args.checkpoint_every,
                                       output_dir=Path(tmp) / name, max_in_flight=args.max_in_flight)
                 t_end = time.perf_counter()
                 wait_released(sampler, t_start, t_end, args.settle)

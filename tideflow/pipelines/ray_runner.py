@@ -205,6 +205,10 @@ class SourceActor:
 
     def commit(self, state: dict[str, Any] | None = None) -> None:
         """Tell the source that everything before ``state`` (default: all handed out) is durable."""
+        from tideflow.connectors.base import Source
+
+        if isinstance(self.source, Source) and type(self.source).commit is Source.commit:
+            return  # nothing to acknowledge (and the source may not know its position)
         self.source.commit(state if state is not None else self.source.snapshot())
 
     def node(self) -> str:

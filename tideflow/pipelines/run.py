@@ -385,15 +385,15 @@ def make_learner(graph: Graph, name: str, schema: Any, *, label_delay: int, shar
 
 
 def _source_total(source: Any) -> int | None:
-    for attr in ("n", "num_rows"):
-        v = getattr(source, attr, None)
-        if isinstance(v, int):
-            return max(0, v - source.position)
-        if callable(v):
-            try:
+    try:
+        for attr in ("n", "num_rows"):
+            v = getattr(source, attr, None)
+            if isinstance(v, int):
+                return max(0, v - source.position)
+            if callable(v):
                 return max(0, int(v()) - source.position)
-            except Exception:  # noqa: BLE001 - a total is only for the progress bar
-                return None
+    except Exception:  # noqa: BLE001 - a total is only for the progress bar (a source may not seek)
+        return None
     return None
 
 
