@@ -28,9 +28,13 @@ def main(out: str) -> None:
 
     enable_token_auth()
     port = _free_port()
+    # every port of its own: the test session's Ray (if any) holds Ray's default agent
+    # ports, and a head whose dashboard agent cannot bind answers "No available agent"
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": port, "object_store_memory": 150 * 1024 * 1024})
+        "dashboard_host": "127.0.0.1", "dashboard_port": port, "object_store_memory": 150 * 1024 * 1024,
+        "dashboard_agent_listen_port": _free_port(), "runtime_env_agent_port": _free_port(),
+        "metrics_export_port": _free_port()})
     doc: dict = {}
     try:
         work = Path(out).parent
