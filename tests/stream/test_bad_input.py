@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 import tideflow as tf
 from tideflow.connectors.base import MemorySource
 from tideflow.connectors.recording import RecordingError, RecordingSource, RecordingWriter
+from tideflow.connectors.kafka import KafkaSource
+from tideflow.connectors.nats_jetstream import NatsJetStreamSource
 from tideflow.connectors.redis_streams import RedisStreamSource
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema, Tensor
@@ -162,7 +164,7 @@ def test_redis_decoding_never_crashes_and_keeps_every_entry(entries):
     schema = Schema({"x0": "float64", "x1": "float64", "y": "float64"}, target="y")
     src = RedisStreamSource("s", schema, url="redis://127.0.0.1:1/0")  # never connects: decoding only
     raw = [(1000 + i, f"{1 + i}-0".encode(), fields) for i, fields in enumerate(entries)]
-    batch = src._batch(raw)
+    batch = src._emit(raw)
     assert len(batch) == len(entries)
     assert batch.offsets.tolist() == [r[0] for r in raw]
     v = Validate(schema)
@@ -171,6 +173,34 @@ def test_redis_decoding_never_crashes_and_keeps_every_entry(entries):
     stats = src.stats()
     missing = sum(1 for f in entries for name in ("x0", "x1", "y") if name not in f)
     assert stats.get("missing_field", 0) == missing
+
+
+json_values = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**30, max_value=10**30),
+                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
+                        st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=3),
+                        st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+json_payloads = st.one_of(
+    st.dictionaries(st.sampled_from(["x0", "x1", "y", "extra"]), json_values, max_size=4).map(
+        lambda d: __import__("json").dumps(d).encode()),
+    st.binary(max_size=20),  # not JSON, or JSON that is not an object
+    st.sampled_from([b"null", b"[1, 2]", b'"text"', b'{"x0": 1', b"", b"\xff"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(json_payloads, min_size=1, max_size=20), st.sampled_from(["nats", "kafka"]))
+def test_json_broker_decoding_never_crashes_and_keeps_every_message(payloads, which):
+    schema = Schema({"x0": "float64", "x1": "float64", "y": "float64"}, target="y")
+    # never connect: decoding only
+    src = (NatsJetStreamSource("s", schema, url="nats://127.0.0.1:1") if which == "nats"
+           else KafkaSource("s", schema, bootstrap="127.0.0.1:1"))
+    raw = [(7 + 3 * i, None, p) for i, p in enumerate(payloads)]
+    batch = src._emit(raw)
+    assert len(batch) == len(payloads)
+    assert batch.offsets.tolist() == [r[0] for r in raw]
+    v = Validate(schema)
+    out = v.process(batch)
+    assert _accounted(v, batch, out) == (len(out) if out is not None else 0)
+    assert src.position == raw[-1][0] + 1 and src.stats()["read"] == len(payloads)
 
 
 def test_wrong_image_shape_is_quarantined_not_raised():

@@ -569,24 +569,28 @@ def _run_local(graph: Graph, schema: Any, collector: Collector, *, label_delay: 
 
     # a broker source acknowledges a batch once it is processed (no checkpoints here)
     acks = isinstance(source, Source) and type(source).commit is not Source.commit
-    for seq, batch in enumerate(source.batches()):
-        if max_batches is not None and seq >= max_batches:
-            break
-        rows = len(batch)
-        side = SideOutput()
-        current: Any = batch
-        for op in chain:
-            if current is None or not len(current):
+    try:
+        for seq, batch in enumerate(source.batches()):
+            if max_batches is not None and seq >= max_batches:
                 break
-            current = op.process(current)
-            side.extend(op.drain())
-        results = {name: lrn.step(seq, current, side.drift_events) for name, lrn in learners.items()}
-        if current is not None and len(current):
-            for sink in sinks:
-                sink.write(current)
-        collector.add(seq, rows, side, results)
-        if acks:
-            source.commit(source.snapshot())
+            rows = len(batch)
+            side = SideOutput()
+            current: Any = batch
+            for op in chain:
+                if current is None or not len(current):
+                    break
+                current = op.process(current)
+                side.extend(op.drain())
+            results = {name: lrn.step(seq, current, side.drift_events) for name, lrn in learners.items()}
+            if current is not None and len(current):
+                for sink in sinks:
+                    sink.write(current)
+            collector.add(seq, rows, side, results)
+            if acks:
+                source.commit(source.snapshot())
+    finally:
+        if isinstance(source, Source):
+            source.close()  # broker connections (a later run reconnects)
     collector.finish({name: lrn.finish() for name, lrn in learners.items()})
     for sink in sinks:
         sink.close()
