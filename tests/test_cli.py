@@ -101,3 +101,31 @@ def test_list_names_every_source_kind(tmp_path):
     for name in ("linkload (default)", "drift", "sea-drift", "friedman-drift", "agrawal-drift", "linkload  options",
                  "weather  options"):
         assert name in out
+
+
+def test_resume_from_mlflow_artifacts_continues_the_run(tmp_path):
+    """`tideflow replay --checkpoint-mlflow`, its local checkpoints deleted, then `tideflow resume
+    mlflow:<run_id>`: the run is rebuilt from the MLflow run's artifacts and ends as the first did."""
+    import shutil
+
+    import mlflow
+
+    rec = tmp_path / "stream.arrow"
+    _run(["record", "sea-drift:n=3000,batch_size=300,seed=5", "-o", str(rec), "--no-progress"], tmp_path)
+    (tmp_path / "mine.py").write_text(PIPELINE_FILE)
+    _run(["replay", str(rec), "--pipeline", str(tmp_path / "mine.py"), "--runner", "ray", "--no-progress",
+          "--checkpoint-mlflow", "--checkpoint-every", "3", "--output-dir", "out", "--json", "first.json"], tmp_path)
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert len(list((tmp_path / "out" / "checkpoints").glob("ckpt-*.pt"))) == 2  # the newest two are kept
+    shutil.rmtree(tmp_path / "out")
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("tideflow").experiment_id],
+                             filter_string="tags.mlflow.runName = 'file_demo-ray'")[0]
+    proc = _run(["resume", f"mlflow:{run.info.run_id}"], tmp_path)
+    assert "downloaded" in proc.stdout and "resuming" in proc.stdout
+    again = json.loads((tmp_path / "first.json").read_text())  # the same --json, written by the resumed run
+    strip = lambda doc: {k: [{m: v for m, v in r.items() if m != "train_seconds"} for r in recs]  # noqa: E731
+                         for k, recs in doc["per_batch"].items()}
+    assert again["rows"] == 3000 and strip(again) == strip(first)
+    assert again["strategies"]["tree"]["accuracy"] == first["strategies"]["tree"]["accuracy"]

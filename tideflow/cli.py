@@ -5,7 +5,7 @@
     tideflow replay stream.arrow --pipeline NAME|FILE  replay a recording through a pipeline
     tideflow compare linkload [--seeds 0,1,2]           run a comparison and write its table
     tideflow compare nowcast [--jobs 2]                 weather nowcasting: fixed / VH / trigger / both
-    tideflow resume CHECKPOINT_DIR                     continue a run that died, from its newest checkpoint
+    tideflow resume CHECKPOINT_DIR | mlflow:RUN_ID      continue a run that died, from its newest checkpoint
     tideflow submit [--address URL] -- run ...         run a tideflow command as a Ray Job on a cluster
     tideflow show PIPELINE                             print a pipeline's graph
     tideflow list                                      list ready pipelines and sources
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -37,6 +38,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="ray runner: write checkpoints here (resume a run that died with `tideflow resume DIR`)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="ray runner: batches between checkpoints (default 100; 0 = none)")
+    p.add_argument("--checkpoint-every-s", type=float, default=None,
+                   help="ray runner: also checkpoint when this many seconds have passed since the last one")
+    p.add_argument("--checkpoint-mlflow", action="store_true",
+                   help="ray runner: also copy each checkpoint into the MLflow run's artifacts "
+                        "(resume with `tideflow resume mlflow:RUN_ID`)")
     p.add_argument("--max-restarts", type=int, default=3,
                    help="ray runner: recoveries from a lost actor or node before the run fails (default 3)")
 
@@ -56,6 +62,8 @@ def _run(pipeline: Any, args: argparse.Namespace) -> int:
         print_summary=True,
         keep_predictions=bool(pipeline.reporters),
         checkpoint_every=args.checkpoint_every,
+        checkpoint_every_s=args.checkpoint_every_s,
+        checkpoint_mlflow=args.checkpoint_mlflow,
         max_restarts=args.max_restarts,
         checkpoint_dir=args.checkpoint_dir,
         resume=getattr(args, "resume", False),
@@ -129,8 +137,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tideflow.pipelines.checkpoint import read_meta
+    from tideflow.pipelines.checkpoint import download, read_meta
 
+    if args.checkpoint_dir.startswith("mlflow:"):
+        # a run with --checkpoint-mlflow: rebuild its checkpoint folder from the run's artifacts
+        run_id = args.checkpoint_dir.split(":", 1)[1]
+        local = download(run_id, Path("runs") / f"resume-{run_id}" / "checkpoints", tracking_uri=args.tracking_uri)
+        print(f"checkpoints of MLflow run {run_id} downloaded to {local}")
+        args.checkpoint_dir = str(local)
+    args.checkpoint_dir = os.path.abspath(args.checkpoint_dir)  # before the chdir below
     meta = read_meta(args.checkpoint_dir)
     argv = meta.get("argv")
     if not argv:
@@ -142,6 +157,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     again = build_parser().parse_args(argv)
     again.argv = argv
     again.resume = True
+    again.checkpoint_dir = args.checkpoint_dir  # a run that kept its checkpoints under its output folder
     print(f"resuming `tideflow {' '.join(argv)}` from {args.checkpoint_dir}")
     return int(again.func(again) or 0)
 
@@ -271,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("resume", help="continue a run that died, from the newest checkpoint in its folder")
-    p.add_argument("checkpoint_dir", help="the --checkpoint-dir the run was started with")
+    p.add_argument("checkpoint_dir", help="the --checkpoint-dir the run was started with, or mlflow:RUN_ID "
+                                          "for a run started with --checkpoint-mlflow")
+    p.add_argument("--tracking-uri", default=None, help="mlflow:RUN_ID: the MLflow store that holds the run")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("submit", help="submit a tideflow command to a Ray cluster as a Ray Job")

@@ -170,3 +170,51 @@ def test_a_source_that_cannot_seek_runs_without_checkpoints(ray_session, capfd):
               .run(runner="ray", tracking=False, progress=False, checkpoint_every=2, max_in_flight=2))
     assert result.batches == 10 and result.summary["lin"]["samples_trained"] == 1000
     assert "cannot seek" in capfd.readouterr().err
+
+
+def test_a_run_that_died_resumes_from_its_mlflow_artifacts(recording, tmp_path, ray_session, monkeypatch, capsys):
+    """Checkpoints copied into the MLflow run (timed as well as counted) bring back a run
+    whose local folder is gone: `tideflow resume mlflow:<run_id>` rebuilds it from them."""
+    import shutil
+
+    import mlflow
+    import ray
+
+    from tideflow.cli import main
+    from tideflow.pipelines.checkpoint import download
+
+    baseline = _pipeline(recording, tmp_path / "never", at=-1).run(runner="local", tracking=False, progress=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    marker = tmp_path / "reached"
+    killed: list[str] = []
+    killer = _kill_when_marked(ray_session, marker, "lin", killed)
+    out = tmp_path / "out"
+    with pytest.raises(ray.exceptions.RayActorError):
+        # by time only: a checkpoint every 0.05 s
+        _pipeline(recording, marker, at=25).run(
+            runner="ray", progress=False, tracking_uri=uri, experiment="ckpt-mlflow", output_dir=out,
+            checkpoint_every=0, checkpoint_every_s=0.05, checkpoint_mlflow=True, max_restarts=0, max_in_flight=2,
+            checkpoint_meta={"started_by": "the Python API"})
+    killer.join(timeout=10)
+    assert killed
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("ckpt-mlflow").experiment_id],
+                             filter_string="tags.mlflow.runName = 'recover-ray'")[0]
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert {"checkpoints/slot-0.pt", "checkpoints/slot-1.pt", "checkpoints/history", "checkpoints/run.json"} <= names
+    shutil.rmtree(out)  # the local copy is lost with the machine
+
+    folder = download(run.info.run_id, tmp_path / "restored", tracking_uri=uri)
+    ckpts = sorted(folder.glob("ckpt-*.pt"))
+    assert len(ckpts) == 1 and 0 < int(ckpts[0].stem.split("-")[1]) < 25  # the newest slot, before the kill
+    resumed = _pipeline(recording, marker, at=25).run(
+        runner="ray", tracking=False, progress=False, checkpoint_dir=folder, resume=True, max_in_flight=2)
+    assert resumed.batches == BATCHES and resumed.summary["lin"]["samples_trained"] == BATCHES * ROWS
+    assert _comparable(resumed.per_batch) == _comparable(baseline.per_batch)
+    assert resumed.summary["lin"]["mae"] == baseline.summary["lin"]["mae"]
+
+    # the command: resume needs the run's argv, which only `tideflow run` records
+    monkeypatch.chdir(tmp_path)
+    assert main(["resume", f"mlflow:{run.info.run_id}", "--tracking-uri", uri]) != 0
+    err = capsys.readouterr()
+    assert "downloaded" in err.out and "does not say how the run was started" in err.err

@@ -160,7 +160,7 @@ def test_sqlite_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     assert download_json(run_id, "graph.json") == graph
     assert download_json(ewc, "summary.json") == {"final_acc": 0.9}
-    # Artifacts of the SQLite store are pinned under cwd/mlartifacts.
+    # Artifacts of the SQLite store are pinned next to the database file, in mlartifacts/.
     exp = client.get_experiment_by_name("roundtrip")
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
     assert list((tmp_path / "mlartifacts").rglob("graph.json"))

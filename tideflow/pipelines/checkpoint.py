@@ -65,6 +65,7 @@ class CheckpointStore:
         self.keep = keep
         self.meta = meta
         self.saved = 0
+        self.mirror: Any = None  # e.g. `MlflowMirror`: gets each checkpoint's files after the save
 
     def files(self) -> list[Path]:
         """Checkpoint files, oldest first."""
@@ -85,9 +86,11 @@ class CheckpointStore:
         if self.meta is not None and self.saved == 0:
             _atomic_write(self.dir / "run.json", json.dumps(self.meta, indent=2, default=str).encode())
         seq = int(checkpoint["seq"])
+        line = None
         if history is not None:
+            line = json.dumps({"seq": seq, **history}, default=str) + "\n"
             with open(self.dir / "history.jsonl", "a") as fh:
-                fh.write(json.dumps({"seq": seq, **history}, default=str) + "\n")
+                fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
         final = self.dir / f"ckpt-{seq:012d}.pt"
@@ -100,6 +103,12 @@ class CheckpointStore:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         self.saved += 1
+        if self.mirror is not None:
+            if self.mirror.uploaded == 0 and not self.mirror.queued:
+                # the first copy carries every record so far (a resumed run's earlier ones too)
+                path = self.dir / "history.jsonl"
+                line = path.read_text() if path.exists() else line
+            self.mirror.save(seq, final, line, self.dir / "run.json" if self.saved == 1 else None)
         for old in self.files()[:-self.keep]:
             old.unlink(missing_ok=True)
         return final
@@ -173,3 +182,112 @@ def _atomic_write(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+ARTIFACT_DIR = "checkpoints"
+
+
+class MlflowMirror:
+    """Copies each checkpoint into the MLflow run's artifacts, under ``checkpoints/``.
+
+    Artifact stores cannot rename or delete, so the checkpoint goes to one of two slots
+    (``slot-0.pt``, ``slot-1.pt``, in turn): an upload cut short spoils at most one slot,
+    and the other still holds the previous checkpoint (`download` takes the newest slot
+    that loads). Each checkpoint's history records go as their own small file
+    (``history/<batch>.jsonl``), so an upload costs the same late in a long run as early.
+    A failed upload (the tracking server down) is retried with the next checkpoint: the
+    history files first, in order, then the slot, so the artifacts never hold a
+    checkpoint whose history is missing. The local folder stays the primary copy.
+
+    Args:
+        tracker: the run's `tideflow.pipelines.tracking.Tracker` (its parent run).
+        staging: a local folder for the files being uploaded.
+    """
+
+    def __init__(self, tracker: Any, staging: str | os.PathLike[str]) -> None:
+        self.tracker = tracker
+        self.staging = Path(staging)
+        self.slot = 0
+        self.queued: list[Path] = []  # history files not uploaded yet, oldest first
+        self.uploaded = 0
+        self.failures = 0
+
+    def save(self, seq: int, checkpoint: Path, history_line: str | None, run_json: Path | None) -> bool:
+        """Upload one checkpoint (and its history records, and ``run.json`` the first time)."""
+        import logging
+        import shutil
+
+        (self.staging / "history").mkdir(parents=True, exist_ok=True)
+        if run_json is not None and run_json.exists():
+            shutil.copyfile(run_json, self.staging / "run.json")
+            self.queued.insert(0, self.staging / "run.json")
+        if history_line is not None:
+            chunk = self.staging / "history" / f"{seq:012d}.jsonl"
+            chunk.write_text(history_line)
+            self.queued.append(chunk)
+        try:
+            while self.queued:
+                path = self.queued[0]
+                sub = ARTIFACT_DIR if path.name == "run.json" else f"{ARTIFACT_DIR}/history"
+                self.tracker.log_artifact(path, artifact_path=sub)
+                self.queued.pop(0)
+                if path.parent.name == "history":
+                    path.unlink(missing_ok=True)
+            slot = self.staging / f"slot-{self.slot}.pt"
+            shutil.copyfile(checkpoint, slot)
+            self.tracker.log_artifact(slot, artifact_path=ARTIFACT_DIR)
+            slot.unlink(missing_ok=True)
+        except Exception as exc:  # noqa: BLE001 - the tracking store is down: retried next time
+            self.failures += 1
+            logging.getLogger("tideflow").warning(
+                "checkpoint after batch %d not copied to MLflow (%s); the local copy is kept and "
+                "the upload is retried with the next checkpoint", seq, exc)
+            return False
+        self.slot = 1 - self.slot
+        self.uploaded += 1
+        return True
+
+
+def download(run_id: str, directory: str | os.PathLike[str], *, tracking_uri: str | None = None) -> Path:
+    """A checkpoint folder rebuilt from an MLflow run's ``checkpoints/`` artifacts (see
+    `MlflowMirror`): ``run.json``, ``history.jsonl`` and the newest slot that loads, as
+    ``ckpt-<batch>.pt``. Returns the folder, ready for ``resume``."""
+    import shutil
+    import tempfile
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from tideflow.pipelines.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            got = Path(client.download_artifacts(run_id, ARTIFACT_DIR, tmp))
+        except Exception as exc:  # noqa: BLE001 - say what is missing, whatever the store
+            raise FileNotFoundError(f"MLflow run {run_id} has no {ARTIFACT_DIR}/ artifacts "
+                                    f"(was it run with checkpoints to MLflow?): {exc}") from exc
+        best: tuple[int, Path] | None = None
+        for slot in sorted(got.glob("slot-*.pt")):
+            try:
+                doc = torch.load(slot, weights_only=True, map_location="cpu")
+                seq = int(doc["seq"]) if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+            except Exception:  # noqa: BLE001 - an upload cut short: the other slot holds the previous one
+                seq = None
+            if seq is not None and (best is None or seq > best[0]):
+                best = (seq, slot)
+        if best is None:
+            raise FileNotFoundError(f"MLflow run {run_id}: no loadable checkpoint in {ARTIFACT_DIR}/")
+        for old in out.glob("ckpt-*.pt"):
+            old.unlink()
+        shutil.copyfile(best[1], out / f"ckpt-{best[0]:012d}.pt")
+        if (got / "run.json").exists():
+            shutil.copyfile(got / "run.json", out / "run.json")
+        lines = []
+        for chunk in sorted((got / "history").glob("*.jsonl")) if (got / "history").is_dir() else []:
+            if int(chunk.stem) <= best[0]:
+                lines.append(chunk.read_text())
+        _atomic_write(out / "history.jsonl", "".join(lines).encode())
+    return out

@@ -366,11 +366,12 @@ def _is_fault(exc: BaseException) -> bool:
 def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, max_batches: int | None,
                max_in_flight: int = 4, address: str | None = None, keep_predictions: bool = False,
                fuse_chain: bool = True, checkpoint_every: int = 100, max_restarts: int = 3,
-               checkpoints: Any = None, resume: bool = False) -> None:
+               checkpoints: Any = None, resume: bool = False, checkpoint_every_s: float | None = None) -> None:
     """Run ``graph`` on Ray; on a lost actor or node, restore the last checkpoint and go on.
 
     Every ``checkpoint_every`` batches (0: never; a failure then restarts from the first
-    batch) every actor snapshots its state at the same batch boundary; the barrier is the
+    batch), and every ``checkpoint_every_s`` seconds when given (whichever comes first),
+    every actor snapshots its state at the same batch boundary; the barrier is the
     call order itself: Ray runs one caller's calls to an actor in submission order, so a
     ``snapshot()`` submitted right after batch k's calls sees exactly batches <= k. When
     batch k has also reached the collector, the checkpoint is complete (and handed to
@@ -386,6 +387,8 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
         raise ValueError("max_in_flight must be >= 1")
     if checkpoint_every < 0 or max_restarts < 0:
         raise ValueError("checkpoint_every and max_restarts must be >= 0")
+    if checkpoint_every_s is not None and checkpoint_every_s <= 0:
+        raise ValueError("checkpoint_every_s must be > 0 (or None)")
     options = dict(label_delay=label_delay, max_batches=max_batches, keep_predictions=keep_predictions,
                    fuse_chain=fuse_chain)
     start = checkpoints.load() if checkpoints is not None and resume else None
@@ -403,7 +406,8 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
             if last is not None:
                 actors.restore(ray, last["actors"])
             for ckpt in _drive(ray, actors, collector, max_in_flight=max_in_flight,
-                               checkpoint_every=checkpoint_every, after=last["seq"] if last else -1):
+                               checkpoint_every=checkpoint_every, checkpoint_every_s=checkpoint_every_s,
+                               after=last["seq"] if last else -1):
                 last = ckpt
                 collector.commit(ckpt["seq"])
                 if checkpoints is not None:
@@ -432,8 +436,9 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
 
 
 def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, checkpoint_every: int,
-           after: int) -> Any:
+           after: int, checkpoint_every_s: float | None = None) -> Any:
     """The batch loop of one attempt; yields each completed checkpoint."""
+    last_ckpt_t = time.monotonic()
     source, chain, learners = actors.source, actors.chain, actors.learners
     sinks = [s.op for s in collector.graph.sinks]
     inflight: deque[tuple[int, int, list[Any], dict[str, Any], Any]] = deque()
@@ -463,8 +468,8 @@ def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, che
             refs, pending_ckpt = pending_ckpt, None
             source_state = ray.get(refs["source"])
             if source_state is None:
-                nonlocal checkpoint_every
-                checkpoint_every = 0
+                nonlocal checkpoint_every, checkpoint_every_s
+                checkpoint_every, checkpoint_every_s = 0, None
                 print(f"tideflow: the source {type(collector.graph.source.op).__name__} cannot seek "
                       f"(no position): no checkpoints; a lost actor restarts the run from its start",
                       file=sys.stderr, flush=True)
@@ -482,7 +487,9 @@ def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, che
             break
         group_end = ready[-1][0]
         snap_source = None
-        if checkpoint_every and pending_ckpt is None and group_end - last_ckpt >= checkpoint_every:
+        due = ((checkpoint_every and group_end - last_ckpt >= checkpoint_every)
+               or (checkpoint_every_s and time.monotonic() - last_ckpt_t >= checkpoint_every_s))
+        if due and pending_ckpt is None:
             # before the prefetch: the source's snapshot then follows exactly this group
             snap_source = source.snapshot.remote()
         # prefetch: the source reads (and, fused, runs the data path on) the next
@@ -499,7 +506,7 @@ def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, che
             if snap_source is not None and seq == group_end:
                 # right after the group's last calls: every actor's snapshot is at this boundary
                 pending_ckpt = {"seq": group_end, "source": snap_source, **actors.snapshot_refs()}
-                last_ckpt = group_end
+                last_ckpt, last_ckpt_t = group_end, time.monotonic()
             while len(inflight) >= max_in_flight:
                 done_ckpt = finalize()
                 if done_ckpt is not None:

@@ -419,6 +419,8 @@ def run_graph(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     checkpoint_meta: dict[str, Any] | None = None,
+    checkpoint_every_s: float | None = None,
+    checkpoint_mlflow: bool = False,
 ) -> RunResult:
     """Run a validated graph and return its `RunResult`.
 
@@ -448,12 +450,25 @@ def run_graph(
         checkpoint_dir: Ray runner: also write each checkpoint to this folder (atomically,
             no pickle; the newest two are kept), so that a run that died can be resumed.
         resume: continue from the newest checkpoint in ``checkpoint_dir`` (same pipeline graph).
+        checkpoint_every_s: Ray runner: also take a checkpoint when this many seconds have passed
+            since the last one (whichever of the two comes first; None: by batches only).
+        checkpoint_mlflow: also copy each checkpoint into the MLflow run's artifacts
+            (``checkpoints/``, see `tideflow.pipelines.checkpoint.MlflowMirror`); the local copy
+            goes to ``checkpoint_dir`` or, without one, ``<output_dir>/checkpoints``. Resume
+            such a run with ``tideflow resume mlflow:<run_id>``.
         checkpoint_meta: plain data written as ``run.json`` beside the checkpoints (the CLI
             puts its arguments there for ``tideflow resume``).
     """
     if runner not in ("local", "ray"):
         raise ValueError(f"unknown runner {runner!r}: use 'local' or 'ray'")
     schema = graph.validate()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(output_dir) if output_dir is not None else Path("runs") / graph.name / f"{stamp}-{os.getpid()}"
+    if checkpoint_mlflow:
+        if not tracking:
+            raise ValueError("checkpoint_mlflow=True copies checkpoints to the MLflow run: it needs tracking=True")
+        if checkpoint_dir is None:
+            checkpoint_dir = out / "checkpoints"
     store = None
     if checkpoint_dir is not None or resume:
         from tideflow.pipelines.checkpoint import CheckpointStore
@@ -468,8 +483,6 @@ def run_graph(
         if not resume and store.files():
             raise FileExistsError(f"{checkpoint_dir} already holds checkpoints of a run: pass resume=True "
                                   f"(tideflow resume {checkpoint_dir}) to continue it, or use an empty folder")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(output_dir) if output_dir is not None else Path("runs") / graph.name / f"{stamp}-{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
 
     if tracking:
@@ -486,6 +499,10 @@ def run_graph(
     for s in graph.learners:
         tracker.start_child(s.name, s.to_dict())
     tracker.log_dict(graph.to_dict(), "graph.json")
+    if checkpoint_mlflow and store is not None:
+        from tideflow.pipelines.checkpoint import MlflowMirror
+
+        store.mirror = MlflowMirror(tracker, out / "checkpoint-upload")
 
     source = graph.source.op
     total = _source_total(source)
@@ -508,6 +525,7 @@ def run_graph(
             run_on_ray(graph, schema, collector, label_delay=label_delay, max_batches=max_batches,
                        max_in_flight=max_in_flight, address=ray_address, keep_predictions=keep_predictions,
                        fuse_chain=ray_fuse_chain, checkpoint_every=checkpoint_every,
+                       checkpoint_every_s=checkpoint_every_s,
                        max_restarts=max_restarts, checkpoints=store, resume=resume)
         status = "FINISHED"
     finally:

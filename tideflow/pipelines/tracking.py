@@ -90,6 +90,11 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def default_tracking_uri(cwd: str | os.PathLike[str] | None = None) -> str:
+    """``MLFLOW_TRACKING_URI``, else SQLite ``mlflow.db`` in the working folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(cwd or Path.cwd()) / 'mlflow.db'}"
+
+
 class MetricsLogger:
     """Batches metric points and sends them with ``MlflowClient.log_batch``, never one call
     per metric.
@@ -357,11 +362,7 @@ class Tracker:
         self.experiment = experiment
         self.run_name = run_name
         self._cwd = Path.cwd()
-        self.tracking_uri: str = (
-            tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{self._cwd / 'mlflow.db'}"
-        )
+        self.tracking_uri: str = tracking_uri or default_tracking_uri(self._cwd)
         self.run_id: str | None = None
         self.child_ids: dict[str, str] = {}
         self.experiment_id: str | None = None
@@ -413,11 +414,10 @@ class Tracker:
         if exp is None:
             # A SQLite store would otherwise put artifacts under a "./mlruns" resolved
             # against whatever cwd the store was first opened in; pin them next to the db.
-            location = (
-                (self._cwd / "mlartifacts").as_uri()
-                if self.tracking_uri.startswith("sqlite:")
-                else None
-            )
+            location = None
+            if self.tracking_uri.startswith("sqlite:///"):
+                db = Path(self.tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+                location = ((self._cwd / db).parent / "mlartifacts").as_uri()
             try:
                 return client.create_experiment(self.experiment, artifact_location=location)
             except MlflowException:
