@@ -515,3 +515,16 @@ def test_recording_sink_opens_lazily_and_infers_the_schema(tmp_path: Path) -> No
     never = RecordingSink(tmp_path / "never.arrows")
     never.close()
     assert not (tmp_path / "never.arrows").exists()
+
+
+def test_a_replay_stops_after_max_batches_with_a_progress_bar(tmp_path: Path) -> None:
+    # a recording's batches have no fixed size: the progress total must not need one
+    import tideflow as tf
+    from river import linear_model
+
+    path = tmp_path / "rec.arrows"
+    tf.connectors.recording.record(tf.SyntheticSource("friedman-drift", n=500, batch_size=100), path,
+                                   progress=False)
+    result = (tf.Pipeline("r").source(RecordingSource(path)).learn(tf.RiverStrategy(linear_model.LinearRegression()))
+              .run(runner="local", tracking=False, progress=True, max_batches=2, output_dir=str(tmp_path / "out")))
+    assert result.batches == 2 and result.rows == 200

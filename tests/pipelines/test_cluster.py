@@ -42,6 +42,10 @@ def test_strategy_node_killed_mid_stream(tmp_path, mode):
     assert doc["samples_trained"] == doc["expected_rows"]  # every batch learned once
     assert doc["per_batch_equal"] and doc["drift_equal"]
     assert doc["mae"] == doc["baseline_mae"]
+    if mode == "chained":
+        # a learn step that asks for a GPU runs on the node that has one (a logical GPU here)
+        assert doc["gpu_job_batches"] == 5
+        assert doc["gpu_actor_node"] == doc["gpu_node"] and doc["gpu_actor_gpus"] == ["0"]
 
 
 def test_tideflow_submit_runs_a_pipeline_as_a_ray_job(tmp_path):

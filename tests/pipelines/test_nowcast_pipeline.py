@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from tideflow.connectors.weather import WeatherSource
 from tideflow.pipelines.ready import load_pipeline
-from tideflow.pipelines.ready.nowcast import CONFIGS, REFERENCES, build, markdown_table, score_run
+from tideflow.pipelines.ready.nowcast import CONFIGS, REFERENCES, build, markdown_table, plot_forecasts, score_run
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,11 @@ def test_drift_events_are_logged_to_mlflow_and_drawn(tracked_run):
     assert any(e["detector"] == "PerformanceTrigger" and e["statistic"] == "error[JFK]"
                for e in summary["drift_events"])
     assert (result.output_dir / "nowcast.png").stat().st_size > 10_000
+    # every trigger is drawn on the plot (all of them fire after the first fit, where it starts)
+    source = WeatherSource("JFK", target="wind_speed", neighbours=True, batch_hours=3, hours=720)
+    _, drawn = plot_forecasts(result, source, result.output_dir / "again.png", target="wind_speed", start_row=300)
+    want = {(e.step, e.offset) for e in result.drift_events if e.step in ("trigger", "both")}
+    assert want and set(drawn) == want
 
 
 def test_markdown_table_marks_the_bands(tracked_run):

@@ -56,6 +56,35 @@ def _pipeline(recording: str, marker: str, at: int, resources: dict | None):
             .learn(_strategy(marker, at), name="lin", detector="ADWIN", resources=resources))
 
 
+def _gpu_placement(cluster, recording: str, work: Path, store: int) -> dict:
+    """A node that declares one GPU joins; a learn step with ``num_gpus=1`` must run there.
+
+    This machine has no GPU: Ray schedules by declared resources, so the node's GPU is
+    a logical one (``ray.get_gpu_ids()`` inside the actor names it; CUDA is not used)."""
+    import ray
+    from river import linear_model
+
+    import tideflow as tf
+    from tideflow.connectors.recording import RecordingSource
+
+    where = work / "gpu-placement.json"
+
+    class WhereAmI(tf.RiverStrategy):
+        def learn(self, batch):
+            ctx = ray.get_runtime_context()
+            where.write_text(json.dumps({"node": ctx.get_node_id(), "gpus": [str(g) for g in ray.get_gpu_ids()]}))
+            return super().learn(batch)
+
+    gpu = cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1", object_store_memory=store)
+    cluster.wait_for_nodes()
+    result = (tf.Pipeline("gpujob").source(RecordingSource(recording)).validate()
+              .learn(WhereAmI(linear_model.LinearRegression()), name="lin", num_gpus=1)
+              .run(runner="ray", tracking=False, progress=False, ray_address=cluster.address, max_batches=5))
+    got = json.loads(where.read_text())
+    return {"gpu_node": gpu.node_id, "gpu_actor_node": got["node"], "gpu_actor_gpus": got["gpus"],
+            "gpu_job_batches": result.batches}
+
+
 def _comparable(per_batch):
     return {n: [{k: v for k, v in r.items() if k != "train_seconds"} for r in recs] for n, recs in per_batch.items()}
 
@@ -126,6 +155,8 @@ def main(recording: str, out: str, mode: str) -> None:
             == [(e.step, e.offset) for e in baseline.drift_events],
             "expected_batches": BATCHES, "expected_rows": BATCHES * ROWS,
         })
+        if mode == "chained":
+            doc.update(_gpu_placement(cluster, recording, work, store))
     finally:
         Path(out).write_text(json.dumps(doc, indent=2, default=str))
         ray.shutdown()

@@ -45,3 +45,20 @@ def test_unknown_avalanche_strategy_is_named():
     s.bind(SCHEMA)
     with pytest.raises(ValueError, match="NoSuchThing"):
         s.predict(next(_stream(1)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_compute_accounting_counts_replayed_rows_and_epochs():
+    naive = tf.AvalancheStrategy("Naive", n_classes=2, hidden=16, epochs=2, seed=1)
+    replay = tf.AvalancheStrategy("Replay", n_classes=2, hidden=16, epochs=2, seed=1,
+                                  strategy_kwargs={"mem_size": 100})
+    for s in (naive, replay):
+        s.bind(SCHEMA)
+    reports = {id(s): [s.learn(b) for b in _stream(3)] for s in (naive, replay)}
+    # Naive trains on the batch only, each epoch: 2 x 128 rows, every batch
+    assert [r.extra["train_rows"] for r in reports[id(naive)]] == [256.0] * 3
+    # Replay adds its buffer (up to 100 rows) from the second batch on
+    assert [r.extra["train_rows"] for r in reports[id(replay)]] == [256.0, 456.0, 456.0]
+    params = sum(p.numel() for p in naive._net.parameters())
+    assert reports[id(naive)][0].extra["flops"] == 6.0 * params * 256
+    assert all(r.samples == 128 for r in reports[id(replay)])  # new rows learned: counted once

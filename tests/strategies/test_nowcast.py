@@ -11,7 +11,7 @@ import pytest
 from tideflow.stream.batch import Batch
 from tideflow.stream.drift import DriftEvent
 from tideflow.stream.schema import Schema
-from tideflow.strategies.nowcast import NowcastGBM, NowcastMLP, NowcastPersistence, NowcastSeasonal
+from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
 
 T0 = datetime(2013, 1, 1, tzinfo=timezone.utc)
 SCHEMA = Schema({"timestamp": pa.timestamp("s", tz="UTC"), "x": "float64", "y": "float64"}, target="y",
@@ -115,6 +115,25 @@ def test_gbm_learns_the_daily_cycle_and_beats_persistence():
     assert g.fits == 18 and p.fits == 0
 
 
+@pytest.mark.parametrize("cls,kw", [(NowcastMLP, {"hidden": 32}), (NowcastLSTM, {"hidden": 16, "sequence": 6})])
+def test_neural_nowcasters_learn_the_daily_cycle_and_beat_persistence(cls, kw):
+    # one fit on 200 rows: the default 10 epochs at lr 1e-3 are meant for re-fits every batch
+    # on 1200 rows; here 80 epochs at 3e-3 (the test checks learning, not the defaults)
+    kw = {**kw, "epochs": 80, "lr": 3e-3}
+    import torch
+
+    torch.manual_seed(0)
+    y, x = _daily(400)
+    f = cls(window=200, horizons=6, lags=6, retrain="on_drift", **kw)  # one fit, then forecasts only
+    p = NowcastPersistence(window=200, horizons=6, lags=6)
+    for m in (f, p):
+        m.bind(SCHEMA)
+        _, total = _run(m, _batches(y, x=x, size=12))
+    assert f.fits == 1 and f.n_err.tolist() == p.n_err.tolist()
+    assert f.horizon_mae()[5] < 0.3 * p.horizon_mae()[5]
+    assert f.params()["hidden"] == kw["hidden"]
+
+
 def test_lookback_column_limits_the_training_rows():
     y, x = _daily(300)
     look = np.full(300, 72, dtype=np.int64)
@@ -170,7 +189,8 @@ def test_replayed_rows_are_counted_not_learned_twice():
     assert f._series.n_seen == seen and f.replayed_rows == 10
 
 
-@pytest.mark.parametrize("cls,kw", [(NowcastGBM, {"max_iter": 20}), (NowcastMLP, {"hidden": 16, "epochs": 2})])
+@pytest.mark.parametrize("cls,kw", [(NowcastGBM, {"max_iter": 20}), (NowcastMLP, {"hidden": 16, "epochs": 2}),
+                                    (NowcastLSTM, {"hidden": 8, "epochs": 2, "sequence": 4})])
 def test_snapshot_restore_mid_stream_continues_identically(cls, kw):
     y, x = _daily(320)
     x[::7] = np.nan  # nulls in a feature: kept as NaN

@@ -214,9 +214,14 @@ class Learner:
                 result.predictions.append((part.offsets.tolist(), preds.to_pylist(), truth.tolist()))
             det = self._detector(k)
             if det is not None:
-                fired = det.update(errors, offsets=part.offsets, stream_id=part.stream_id)
-                for e in fired:
-                    inst.on_drift(e)
+                try:
+                    fired = det.update(errors, offsets=part.offsets, stream_id=part.stream_id)
+                    for e in fired:
+                        inst.on_drift(e)
+                except Exception as exc:  # noqa: BLE001 - a long-lived job must survive it
+                    fired = []
+                    result.errors.append(f"drift detector on offsets {part.first_offset}..{part.last_offset}: "
+                                         f"{type(exc).__name__}: {exc}")
                 result.events.extend(fired)
             self._pending.append((seq, k, part))
         # labels arrive label_delay batches after the prediction

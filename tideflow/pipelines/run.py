@@ -506,8 +506,9 @@ def run_graph(
 
     source = graph.source.op
     total = _source_total(source)
-    if max_batches is not None and total is not None:
-        total = min(total, max_batches * getattr(source, "batch_size", total))
+    per_batch = getattr(source, "batch_size", None)  # a recording's batches have no fixed size
+    if max_batches is not None and total is not None and per_batch:
+        total = min(total, max_batches * per_batch)
     bar, advance = _progress(progress, total, f"{graph.name} [{runner}]")
     collector = Collector(graph, tracker=tracker, output_dir=out, progress=advance,
                           metrics_every_s=metrics_every_s)

@@ -134,8 +134,10 @@ class AvalancheStrategy(Strategy):
         self._net = net.to(device)
         self._optimizer = torch.optim.SGD(self._net.parameters(), lr=self.lr)
         criterion = nn.CrossEntropyLoss()
+        self._counter = _TrainCounter()
         if callable(self.strategy):
             self._template = self.strategy(self._net, self._optimizer, criterion, device)
+            self._template.plugins.append(self._counter)
             return
         from avalanche import training
         from avalanche.training.plugins import EvaluationPlugin
@@ -155,6 +157,7 @@ class AvalancheStrategy(Strategy):
                 eval_every=-1,
                 **self.strategy_kwargs,
             )
+        self._template.plugins.append(self._counter)
 
     def _ensure(self, batch: Batch) -> None:
         if self._net is None:
@@ -189,11 +192,19 @@ class AvalancheStrategy(Strategy):
         )
         experience = benchmark_from_datasets(train=[data]).train_stream[0]
         torch.manual_seed(self.seed * 1_000_003 + self.n_batches)
+        self._counter.rows = 0
         with _quiet():
             self._template.train(experience)
         self.n_batches += 1
         self.n_learned += len(batch)
-        return StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start)
+        # samples: the batch's new rows; train_rows: what went through the net (epochs x
+        # (batch + replayed rows)); flops: ~6 x parameters x train_rows (forward 2, backward 4
+        # multiply-adds per parameter and example: a dense-net estimate that leaves out the
+        # extra forward passes of plugins such as LwF's old model)
+        rows = self._counter.rows
+        n_params = sum(p.numel() for p in self._net.parameters())
+        return StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start,
+                          extra={"train_rows": float(rows), "flops": 6.0 * n_params * rows})
 
     def predict(self, batch: Batch) -> pa.Array:
         if not len(batch):
@@ -236,3 +247,13 @@ class AvalancheStrategy(Strategy):
             self._build(state["n_inputs"])
         self._net.load_state_dict(state["model"])
         self._optimizer.load_state_dict(state["optimizer"])
+
+
+class _TrainCounter:
+    """An Avalanche plugin that counts the examples of each training minibatch (replayed ones too)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
+        self.rows += len(strategy.mb_x)

@@ -67,8 +67,8 @@ State
     last fit; ``restore`` re-fits on those with the same seed (every model here is
     deterministic for a given seed on CPU), so a restored model is the same model.
 
-Models: `NowcastGBM` (scikit-learn's HistGradientBoosting, one per horizon: we chose
-it over XGBoost to avoid a new dependency), `NowcastMLP` and `NowcastLSTM` (torch),
+Models: `NowcastGBM` (scikit-learn's HistGradientBoosting, one model for all horizons
+with the horizon as an input: we chose it over XGBoost to avoid a new dependency), `NowcastMLP` and `NowcastLSTM` (torch),
 and the reference forecasters `NowcastPersistence` and `NowcastSeasonal` (the value
 24 hours before the forecast hour), which never fit.
 

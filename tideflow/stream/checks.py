@@ -354,11 +354,14 @@ class _Setup:
     params: dict[str, Any]
     kind: str
     seed: int
+    streams: Callable[[int, int], list[Batch]] | None = None
 
     def make(self) -> Operator:
         return self.cls(**self.params)
 
     def stream(self, n_batches: int = 8) -> list[Batch]:
+        if self.streams is not None:
+            return self.streams(n_batches, self.seed)
         return check_stream(self.kind, n_batches, self.seed)
 
 
@@ -509,18 +512,21 @@ OPERATOR_CHECKS: tuple[Callable[[_Setup], None], ...] = (
 
 def yield_operator_checks(
     operator_cls: type[Operator], *, schema_kind: str | None = None, seed: int = 42,
-    params: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None, streams: Callable[[int, int], list[Batch]] | None = None,
 ) -> Iterator[Callable[[], None]]:
     """Yield the generic checks for a data-path operator class (see module docstring).
 
     Each check builds its own instances with ``operator_cls(**operator_cls._unit_test_params())``
     (or ``params`` when given: one configuration of several, e.g. each River detector)
     and raises ``AssertionError`` naming what differs. ``schema_kind`` overrides
-    the check stream's kind (default: from the operator, see module docstring).
+    the check stream's kind (default: from the operator, see module docstring);
+    ``streams(n_batches, seed)`` replaces the check stream altogether (a stream on which
+    the operator has decisions to make, e.g. an error rate that jumps for a binary
+    drift detector).
     """
     params = dict(operator_cls._unit_test_params() if params is None else params)
     kind = schema_kind or _stream_kind(operator_cls(**params))
-    setup = _Setup(operator_cls, params, kind, seed)
+    setup = _Setup(operator_cls, params, kind, seed, streams)
     for check in OPERATOR_CHECKS:
         yield named_check(check, setup)
 

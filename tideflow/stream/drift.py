@@ -147,13 +147,26 @@ class RiverDetector:
         self.statistic = statistic
         self.step = step
         self._river = make_river_detector(detector, self.detector_params)
+        self.binary = ALIASES.get(detector, detector) in BINARY_DETECTORS
         self.n_detections = 0
+        self.skipped = 0
 
     def update(self, values: np.ndarray, *, offsets: np.ndarray, stream_id: str) -> list[DriftEvent]:
+        """Feed values in order; returns the detections. Values a detector cannot take (null,
+        NaN, inf; for a binary detector anything but 0/1) are skipped and counted in
+        ``skipped``: one NaN would otherwise stop ADWIN or Page-Hinkley from ever firing
+        again, and a binary detector fails on other values."""
         events = []
         river = self._river
         update = river.update
-        for v, off in zip(np.asarray(values, dtype=float).tolist(), offsets.tolist()):
+        vals = np.asarray(values, dtype=float)
+        ok = np.isfinite(vals)
+        if self.binary:
+            ok &= (vals == 0.0) | (vals == 1.0)
+        if not ok.all():
+            self.skipped += int((~ok).sum())
+            vals, offsets = vals[ok], np.asarray(offsets)[ok]
+        for v, off in zip(vals.tolist(), np.asarray(offsets).tolist()):
             update(v)
             if river.drift_detected:
                 self.n_detections += 1
@@ -161,11 +174,12 @@ class RiverDetector:
         return events
 
     def snapshot(self) -> dict[str, Any]:
-        return {"river": to_plain(self._river), "n_detections": self.n_detections}
+        return {"river": to_plain(self._river), "n_detections": self.n_detections, "skipped": self.skipped}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._river = from_plain(state["river"])
         self.n_detections = state["n_detections"]
+        self.skipped = state.get("skipped", 0)
 
 
 class DetectDrift(Operator):

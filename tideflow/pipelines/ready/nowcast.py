@@ -209,8 +209,9 @@ def report(result: Any, source: Any, *, model: str, target: str, plot: bool = Tr
     path.write_text(json.dumps(scores, indent=2))
     paths = [path]
     if plot and result.predictions:
-        paths.append(plot_forecasts(result, source, result.output_dir / "nowcast.png", target=target,
-                                    start_row=window or PROTOCOL["window"]))
+        png, _ = plot_forecasts(result, source, result.output_dir / "nowcast.png", target=target,
+                                start_row=window or PROTOCOL["window"])
+        paths.append(png)
         console.print(f"plot: {paths[-1]}")
     if result.run_id:
         from tideflow.pipelines.ready.linkload import _log_artifacts
@@ -219,12 +220,13 @@ def report(result: Any, source: Any, *, model: str, target: str, plot: bool = Tr
     return scores
 
 
-def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: int = 7,
-                   start_row: int = 0) -> Path:
-    """Observed value vs each strategy's served forecast over ``days`` days from a station's
-    ``start_row``-th row (the first fit), one panel per station, with every retraining trigger
-    (drift event) drawn where it fired. The served forecast of a row is the one issued at the
-    end of the previous batch: 1 to ``batch_hours`` hours ahead."""
+def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: int | None = None,
+                   start_row: int = 0) -> tuple[Path, list[tuple[str, int]]]:
+    """Observed value vs each strategy's served forecast from a station's ``start_row``-th row
+    (the first fit) on, over ``days`` days (None: to the end of the replay), one panel per
+    station, with every retraining trigger (drift event) drawn where it fired. The served
+    forecast of a row is the one issued at the end of the previous batch: 1 to
+    ``batch_hours`` hours ahead. Returns the file and the (step, offset) of each event drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,12 +246,14 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
     ref = result.predictions.get("fixed") or next(iter(result.predictions.values()))
     shown = ["fixed", "vh", "trigger", "both", "persistence"]
     colours = {"trigger": "tab:red", "both": "tab:purple"}
+    drawn: list[tuple[str, int]] = []
     for ax, st in zip(axes[:, 0], names):
         offs = np.array([o for o in ref["offset"].tolist() if station.get(o) == st])
         if not len(offs):
             continue
-        start = min(start_row, max(0, len(offs) - 24 * days))
-        sel_offs = offs[start:start + 24 * days]
+        span = len(offs) if days is None else 24 * days
+        start = min(start_row, max(0, len(offs) - span))
+        sel_offs = offs[start:start + span]
         lo, hi = sel_offs[0], sel_offs[-1]
         for name in shown:
             arr = result.predictions.get(name)
@@ -266,14 +270,15 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
                 ax.axvline(stamp[e.offset], color=colours[e.step], ls=":", lw=1.0,
                            label=f"{e.step}: {e.detector} on {e.statistic}" if e.step not in labelled else None)
                 labelled.add(e.step)
-        ax.set_title(f"{st}: {days} days from row {start} (served forecasts are 1 to "
+                drawn.append((e.step, e.offset))
+        ax.set_title(f"{st}: {len(sel_offs) / 24:.0f} days from row {start} (served forecasts are 1 to "
                      f"{PROTOCOL['batch_hours']} h ahead)")
         ax.set_ylabel(target)
         ax.legend(loc="upper left", fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return path
+    return path, drawn
 
 
 # -- the comparison ----------------------------------------------------------------------------
@@ -367,9 +372,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
         "matured forecasts' MAE (deg F for temp, mph for wind); other columns relative to `fixed` "
         "(E x C = MAE ratio x compute ratio). Band: the issue's target for that configuration.",
         "",
-        "| model | series | config | MAE | MAE vs fixed | train rows vs fixed | fits (vs fixed) | of which max-age "
-        "| train s vs fixed | E x C rows | E x C seconds | band met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | series | config | MAE | MAE at 1/2/3/4/5/6 h | MAE vs fixed | train rows vs fixed | fits (vs fixed) "
+        "| of which max-age | train s vs fixed | E x C rows | E x C seconds | band met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in doc["runs"]:
         series = f"{run['station']} {run['target']}"
@@ -379,7 +384,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 continue
             band = r.get("band_met")
             lines.append(
-                f"| {run['model']} | {series} | {name} | {r['mae']:.3f} | {_pct(r.get('mae_rel'))} | "
+                f"| {run['model']} | {series} | {name} | {r['mae']:.3f} | "
+                f"{'/'.join('-' if m is None else format(m, '.2f') for m in r['mae_h'])} | {_pct(r.get('mae_rel'))} | "
                 f"{_pct(r.get('rows_rel')) if name in CONFIGS else '-'} | "
                 f"{r['fits']} ({_pct(r.get('fits_rel')) if name in CONFIGS else '-'}) | "
                 f"{age_triggers(run, name) if name in ('trigger', 'both') else '-'} | "
@@ -387,5 +393,31 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 f"{'-' if r.get('ec_rows_rel') is None or name not in CONFIGS else format(r['ec_rows_rel'], '.3f')} | "
                 f"{'-' if r.get('ec_seconds_rel') is None or name not in CONFIGS else format(r['ec_seconds_rel'], '.3f')} | "
                 f"{'-' if band is None else ('yes' if band else 'no')} |")
-    lines += ["", "Bands: " + "; ".join(f"`{k}`: {v}" for k, v in BANDS.items()) + "."]
+    lines += ["", "Bands: " + "; ".join(f"`{k}`: {v}" for k, v in BANDS.items()) + ".", "",
+              "Ranges over the stations (the README's table):", "", summary_table(doc)]
     return "\n".join(lines) + "\n"
+
+
+def _span(values: list[float], fmt: Any) -> str:
+    texts = sorted({fmt(v) for v in values}, key=lambda t: float(t.split()[0]))
+    return texts[0] if len(texts) == 1 else f"{texts[0].split()[0]}..{texts[-1]}"
+
+
+def summary_table(doc: dict[str, Any]) -> str:
+    """Per model and variable, the range over the stations of each configuration's error and
+    compute relative to ``fixed``: the README's table, printed by the comparison itself."""
+    pct = _pct
+    ratio = lambda v: f"{v:.3f}"  # noqa: E731
+    lines = ["| model | variable | `vh`: MAE / training rows / training s vs fixed | `trigger`: MAE / fits vs fixed "
+             "| `both`: MAE vs fixed / E x C (rows) |", "|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in doc["runs"]:
+        groups.setdefault((run["model"], run["target"]), []).append(run["scores"])
+    for (model, target), scores in sorted(groups.items()):
+        col = lambda name, key: [s[name][key] for s in scores if s[name].get(key) is not None]  # noqa: E731
+        lines.append(
+            f"| {model} | {target} | {_span(col('vh', 'mae_rel'), pct)} / {_span(col('vh', 'rows_rel'), pct)} / "
+            f"{_span(col('vh', 'seconds_rel'), pct)} | {_span(col('trigger', 'mae_rel'), pct)} / "
+            f"{_span(col('trigger', 'fits_rel'), pct)} | {_span(col('both', 'mae_rel'), pct)} / "
+            f"{_span(col('both', 'ec_rows_rel'), ratio)} |")
+    return "\n".join(lines)
