@@ -2,7 +2,7 @@
 # An MLflow tracking server backed by a real database (PostgreSQL), for tideflow runs.
 #
 #   ops/mlflow-server.sh                 # PostgreSQL from Debian's packages, on this machine
-#   MLFLOW_DB_URI=postgresql://user:pw@db:5432/mlflow ops/mlflow-server.sh   # an existing database
+#   MLFLOW_DB_URI=postgresql+psycopg2://user:pw@db:5432/mlflow ops/mlflow-server.sh   # an existing database
 #
 # Listens on 127.0.0.1:5000 unless MLFLOW_HOST/MLFLOW_PORT say otherwise (put a TLS
 # proxy in front before exposing it). Artifacts are proxied by the server and stored
@@ -26,7 +26,8 @@ if [ -z "${MLFLOW_DB_URI:-}" ]; then
     || su postgres -c "psql -c \"CREATE ROLE mlflow LOGIN PASSWORD 'mlflow'\""
   su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='mlflow'\"" | grep -q 1 \
     || su postgres -c "createdb -O mlflow mlflow"
-  MLFLOW_DB_URI=postgresql://mlflow:mlflow@127.0.0.1:5432/mlflow
+  # psycopg2 named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed
+  MLFLOW_DB_URI=postgresql+psycopg2://mlflow:mlflow@127.0.0.1:5432/mlflow
 fi
 "$VENV/bin/pip" install -q 'psycopg2-binary>=2.9'
 mkdir -p "$ARTIFACTS"
