@@ -99,3 +99,55 @@ def test_plain_state_contains_no_objects():
             assert isinstance(v, (type(None), bool, int, float, str, bytes)), type(v)
 
     walk(to_plain(model))
+
+
+def test_sealed_snapshots_carry_tensors_as_bytes_and_load_without_pickle():
+    import io
+    import pickle
+
+    from tideflow.stream.state import seal, unseal
+
+    model = linear_model.LinearRegression()
+    model.learn_one({"a": 1.0}, 2.0)
+    state = {"w": torch.arange(6.0).reshape(2, 3), "river": model, "n": 3}
+    sealed = seal(state)
+    assert set(sealed) == {"__sealed__"} and isinstance(sealed["__sealed__"], bytes)
+    back = unseal(sealed)
+    assert torch.equal(back["w"], state["w"]) and back["n"] == 3
+    assert back["river"].predict_one({"a": 1.0}) == model.predict_one({"a": 1.0})
+    assert set(seal({"n": 3})) == {"__plain__"}  # no tensors: plain data as it is
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    # a pickled object planted in the bytes is refused by torch.load(weights_only=True)
+    buf = io.BytesIO()
+    torch.save({"x": Boom()}, buf, pickle_module=pickle)
+    with pytest.raises(pickle.UnpicklingError):
+        unseal({"__sealed__": buf.getvalue()})
+    # and a function named in the plain tree is refused by the allow-list
+    with pytest.raises(UnsafeStateError):
+        unseal(seal({"f": Boom(), "w": torch.ones(1)}))
+
+
+def test_the_driver_does_not_import_torch_for_checkpoints_of_torch_learners(tmp_path):
+    """Checkpoints of torch learners on the Ray runner travel sealed: the driver holds bytes,
+    so it never imports torch (~470 MiB resident) for them."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text('''
+import sys
+import tideflow as tf
+src = tf.SyntheticSource("sea-drift", n=3000, batch_size=100, seed=1)
+r = (tf.Pipeline("sealed").source(src).validate()
+     .learn(tf.AvalancheStrategy("Naive", n_classes=2, hidden=8, seed=1), name="net")
+     .run(runner="ray", tracking=False, progress=False, checkpoint_every=3, max_in_flight=2))
+assert r.summary["net"]["samples_trained"] == 3000, r.summary
+print("TORCH_IN_DRIVER", "torch" in sys.modules)
+''')
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "TORCH_IN_DRIVER False" in proc.stdout, proc.stdout[-2000:]

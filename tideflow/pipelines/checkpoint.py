@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "tideflow-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: actor snapshots sealed (tideflow.stream.state.seal)
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 
 

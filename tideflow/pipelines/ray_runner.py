@@ -41,6 +41,7 @@ from tideflow.pipelines.evaluation import Learner, LearnResult
 from tideflow.pipelines.graph import Graph
 from tideflow.stream.batch import Batch
 from tideflow.stream.operator import SideOutput
+from tideflow.stream.state import seal, unseal
 
 
 def loopback_only() -> None:
@@ -185,16 +186,20 @@ class SourceActor:
 
     def snapshot(self) -> dict[str, Any] | None:
         """State after the last batch handed out: source position, data path, chained learners
-        (None when the source cannot tell its position: no checkpoints for that run)."""
+        (None when the source cannot tell its position: no checkpoints for that run). Sealed
+        (`tideflow.stream.state.seal`), beside the source's own state, which the driver hands
+        back to `commit` once the checkpoint is durable."""
         try:
             source_state = self.source.snapshot()
         except NotImplementedError:
             return None
-        return {"seq": self.seq, "source": source_state,
-                "chain": [op.snapshot() for op in self.chain],
-                "learners": {name: learner.snapshot() for name, learner in self.learners.items()}}
+        return {"source": source_state, "sealed": seal({
+            "seq": self.seq, "source": source_state,
+            "chain": [op.snapshot() for op in self.chain],
+            "learners": {name: learner.snapshot() for name, learner in self.learners.items()}})}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, sealed: dict[str, Any]) -> None:
+        state = unseal(sealed["sealed"])
         self.seq = int(state["seq"])
         self.source.restore(state["source"])
         self.it = self.source.batches()
@@ -227,10 +232,10 @@ class ChainActor:
         return _Envelope(env.seq, batch, events), side
 
     def snapshot(self) -> dict[str, Any]:
-        return self.op.snapshot()
+        return seal(self.op.snapshot())
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.op.restore(state)
+        self.op.restore(unseal(state))
 
 
 class LearnerActor:
@@ -245,10 +250,10 @@ class LearnerActor:
         return self.learner.finish()
 
     def snapshot(self) -> dict[str, Any]:
-        return self.learner.snapshot()
+        return seal(self.learner.snapshot())
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.learner.restore(state)
+        self.learner.restore(unseal(state))
 
     def node(self) -> str:
         import ray
