@@ -11,10 +11,14 @@ Departures, and why:
   from (seed, number of batches learned) before every ``train`` call so that
   the same stream gives the same model in any process (the local and the Ray
   runner must agree exactly).
-* ``snapshot`` holds the model's and the optimiser's state dicts. Plugin
-  memories (the replay buffer, EWC's importances, LwF's previous model) are not
-  in it yet: a restored Replay/EWC/LwF strategy predicts identically but starts
-  with an empty memory.
+* ``snapshot`` holds the model's and the optimiser's state dicts, Avalanche's
+  training clock, and the memories of the plugins behind Replay, EWC and LwF:
+  the replay buffer's groups (rows as tensors, with their reservoir weights),
+  EWC's saved parameters and importances per experience, LwF's previous model
+  and the classes it has seen per task. A restored strategy then learns on
+  exactly as the original would (tested for all four). A plugin of another kind
+  keeps its memory out of the snapshot: its class name is listed under
+  ``"not_in_snapshot"``, so that a checkpoint says what it does not hold.
 """
 
 from __future__ import annotations
@@ -169,9 +173,6 @@ class AvalancheStrategy(Strategy):
             return StepReport()
         import torch
         from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-        from avalanche.benchmarks.utils import DataAttribute
-        from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
-        from torch.utils.data import TensorDataset
 
         self._check_columns(batch, need_target=True)
         assert self.target is not None
@@ -181,15 +182,7 @@ class AvalancheStrategy(Strategy):
         y = torch.from_numpy(batch.numpy(self.target).astype(np.int64))
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise SchemaError(f"AvalancheStrategy: labels outside 0..{self.n_classes - 1}")
-        tasks = torch.zeros(len(y), dtype=torch.long)
-        # task-aware: LwF and other plugins look up the experience's task set
-        data = TaskAwareClassificationDataset(
-            [TensorDataset(x, y)],
-            data_attributes=[
-                DataAttribute(y, "targets"),
-                DataAttribute(tasks, "targets_task_labels", use_in_getitem=True),
-            ],
-        )
+        data = _dataset(x, y)
         experience = benchmark_from_datasets(train=[data]).train_stream[0]
         torch.manual_seed(self.seed * 1_000_003 + self.n_batches)
         self._counter.rows = 0
@@ -233,7 +226,85 @@ class AvalancheStrategy(Strategy):
             "optimizer": self._optimizer.state_dict(),
             "n_batches": self.n_batches,
             "n_learned": self.n_learned,
+            **self._plugin_state(),
         }
+
+    def _plugin_state(self) -> dict[str, Any]:
+        """Avalanche's clock and the memories of the Replay, EWC and LwF plugins, as tensors."""
+        from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+        from avalanche.training.storage_policy import BalancedExemplarsBuffer, ReservoirSamplingBuffer
+
+        cpu = lambda t: t.detach().cpu().clone()  # noqa: E731
+        clock = {k: int(v) for k, v in vars(self._template.clock).items() if type(v) is int}
+        plugins: list[dict[str, Any]] = []
+        missing: list[str] = []
+        for p in self._template.plugins:
+            if isinstance(p, ReplayPlugin) and isinstance(p.storage_policy, BalancedExemplarsBuffer) and all(
+                    type(g) is ReservoirSamplingBuffer for g in p.storage_policy.buffer_groups.values()):
+                sp = p.storage_policy
+                groups = []
+                for key, g in sp.buffer_groups.items():
+                    x, y = _tensors(g.buffer)
+                    groups.append({"key": int(key), "x": x, "y": y, "weights": cpu(g._buffer_weights),
+                                   "max_size": int(g.max_size)})
+                plugins.append({"kind": "replay", "groups": groups, "num_exps": int(getattr(sp, "_num_exps", 0)),
+                                "max_size": int(sp.max_size)})
+            elif isinstance(p, EWCPlugin):
+                table = lambda d: [[int(e), [[n, cpu(pd.data)] for n, pd in ps.items()]] for e, ps in d.items()]  # noqa: E731
+                plugins.append({"kind": "ewc", "saved": table(p.saved_params), "importances": table(p.importances)})
+            elif isinstance(p, LwFPlugin):
+                lwf = p.lwf
+                prev = None if lwf.prev_model is None else {k: cpu(v) for k, v in lwf.prev_model.state_dict().items()}
+                plugins.append({"kind": "lwf", "prev_model": prev, "expcount": int(lwf.expcount),
+                                "classes": [[int(t), sorted(int(c) for c in cs)]
+                                            for t, cs in lwf.prev_classes_by_task.items()]})
+            elif not isinstance(p, _TrainCounter) and type(p).__name__ not in _NO_MEMORY:
+                missing.append(type(p).__name__)
+        return {"clock": clock, "plugins": plugins, "not_in_snapshot": missing}
+
+    def _load_plugin_state(self, state: dict[str, Any]) -> None:
+        import copy
+        from collections import defaultdict
+
+        from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
+        from avalanche.training.storage_policy import ReservoirSamplingBuffer
+        from avalanche.training.utils import ParamData
+
+        for k, v in state.get("clock", {}).items():
+            setattr(self._template.clock, k, v)
+        kinds = {"replay": ReplayPlugin, "ewc": EWCPlugin, "lwf": LwFPlugin}
+        saved = list(state.get("plugins", []))
+        device = next(self._net.parameters()).device
+        for p in self._template.plugins:
+            match = next((st for st in saved if isinstance(p, kinds[st["kind"]])), None)
+            if match is None:
+                continue
+            saved.remove(match)
+            if match["kind"] == "replay":
+                sp = p.storage_policy
+                sp.buffer_groups = {}
+                for g in match["groups"]:
+                    buf = ReservoirSamplingBuffer(g["max_size"])
+                    buf.buffer = _dataset(g["x"], g["y"])
+                    buf._buffer_weights = g["weights"].clone()
+                    sp.buffer_groups[g["key"]] = buf
+                sp._num_exps = match["num_exps"]
+                sp.max_size = match["max_size"]
+            elif match["kind"] == "ewc":
+                def table(rows: list[Any]) -> Any:
+                    return defaultdict(dict, {e: {n: ParamData(n, tuple(t.shape), init_tensor=t.clone(), device=device)
+                                                  for n, t in ps} for e, ps in rows})
+                p.saved_params = table(match["saved"])
+                p.importances = table(match["importances"])
+            else:
+                lwf = p.lwf
+                if match["prev_model"] is None:
+                    lwf.prev_model = None
+                else:
+                    lwf.prev_model = copy.deepcopy(self._net)
+                    lwf.prev_model.load_state_dict(match["prev_model"])
+                lwf.expcount = match["expcount"]
+                lwf.prev_classes_by_task = defaultdict(set, {t: set(cs) for t, cs in match["classes"]})
 
     def restore(self, state: dict[str, Any]) -> None:
         self.n_batches = state["n_batches"]
@@ -247,6 +318,7 @@ class AvalancheStrategy(Strategy):
             self._build(state["n_inputs"])
         self._net.load_state_dict(state["model"])
         self._optimizer.load_state_dict(state["optimizer"])
+        self._load_plugin_state(state)
 
 
 class _TrainCounter:
@@ -257,3 +329,36 @@ class _TrainCounter:
 
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         self.rows += len(strategy.mb_x)
+
+
+#: Avalanche's own plugins that hold nothing a restored strategy needs (the clock is saved apart)
+_NO_MEMORY = frozenset({"Clock", "PeriodicEval", "EvaluationPlugin"})
+
+
+def _dataset(x: Any, y: Any) -> Any:
+    """One experience's rows as the task-aware dataset Avalanche's plugins expect (task 0)."""
+    import torch
+    from avalanche.benchmarks.utils import DataAttribute
+    from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
+    from torch.utils.data import TensorDataset
+
+    tasks = torch.zeros(len(y), dtype=torch.long)
+    # task-aware: LwF and other plugins look up the experience's task set
+    return TaskAwareClassificationDataset(
+        [TensorDataset(x, y)],
+        data_attributes=[
+            DataAttribute(y, "targets"),
+            DataAttribute(tasks, "targets_task_labels", use_in_getitem=True),
+        ],
+    )
+
+
+def _tensors(data: Any) -> tuple[Any, Any]:
+    """The (x, y) tensors of an Avalanche dataset's rows, in its order."""
+    import torch
+
+    if len(data) == 0:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    rows = [data[i] for i in range(len(data))]
+    return (torch.stack([torch.as_tensor(r[0]) for r in rows]),
+            torch.as_tensor([int(r[1]) for r in rows], dtype=torch.long))
