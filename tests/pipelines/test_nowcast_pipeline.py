@@ -9,7 +9,8 @@ from mlflow import MlflowClient
 
 from tideflow.connectors.weather import WeatherSource
 from tideflow.pipelines.ready import load_pipeline
-from tideflow.pipelines.ready.nowcast import CONFIGS, REFERENCES, build, markdown_table, plot_forecasts, score_run
+from tideflow.pipelines.ready.nowcast import (CONFIGS, REFERENCES, build, markdown_table, plot_forecasts, score_run,
+                                              summary_table)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,25 @@ def test_markdown_table_marks_the_bands(tracked_run):
     text = markdown_table(doc)
     assert text.count("| gbm | JFK wind_speed |") == 6
     assert "| trigger |" in text and ("| yes |" in text or "| no |" in text)
+    # per-horizon MAE in the table, and the README's range table printed under it
+    fixed = score_run(result)["fixed"]
+    assert "/".join(format(m, ".2f") for m in fixed["mae_h"]) in text
+
+
+def test_summary_table_gives_ranges_over_the_stations(tracked_run):
+    import copy
+
+    result, _ = tracked_run
+    scores = score_run(result)
+    other = copy.deepcopy(scores)
+    other["trigger"]["mae_rel"] = scores["trigger"]["mae_rel"] + 0.10  # a second station, 10 points worse
+    doc = {"runs": [{"station": "JFK", "target": "wind_speed", "model": "gbm", "scores": scores},
+                    {"station": "LGA", "target": "wind_speed", "model": "gbm", "scores": other}]}
+    row = [line for line in summary_table(doc).splitlines() if line.startswith("| gbm | wind_speed |")]
+    assert len(row) == 1
+    lo, hi = sorted([scores["trigger"]["mae_rel"], other["trigger"]["mae_rel"]])
+    want = f"{100 * (lo - 1):+.0f}..{100 * (hi - 1):+.0f} %"
+    assert f"| {want} / " in row[0], row[0]
 
 
 def test_ready_pipeline_by_name_validates_and_refuses_unknown_models():
