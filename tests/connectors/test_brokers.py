@@ -33,6 +33,7 @@ import tideflow as tf
 from tideflow.connectors.kafka import KafkaSource
 from tideflow.connectors.nats_jetstream import NatsJetStreamSource
 from tideflow.connectors.redis_streams import RedisStreamSource, offset_of
+from tideflow.testing import PauseOnce, comparable
 
 # the test's strategy class travels to Ray workers by value (they cannot import this file)
 import ray.cloudpickle  # noqa: E402
@@ -409,30 +410,6 @@ def test_malformed_messages_are_counted_and_quarantined(broker):
     assert broker.unacknowledged("messy", "g", 50) == 0
 
 
-class _Marking(tf.RiverStrategy):
-    """Marks the batch at ``at`` (a file) and pauses, so a test thread can kill its actor there."""
-
-    def __init__(self, estimator, *, marker: str, at: int, **kw):
-        super().__init__(estimator, **kw)
-        self.marker = marker
-        self.at = at
-
-    def clone(self):
-        return _Marking(self.estimator, marker=self.marker, at=self.at, target=self.target, features=self.features)
-
-    def learn(self, batch):
-        report = super().learn(batch)
-        self.seen = getattr(self, "seen", 0) + 1
-        if self.seen == self.at and not Path(self.marker).exists():
-            Path(self.marker).write_text("reached")
-            time.sleep(2.0)
-        return report
-
-
-def _comparable(per_batch):
-    return {n: [{k: v for k, v in r.items() if k != "train_seconds"} for r in recs] for n, recs in per_batch.items()}
-
-
 def test_job_dies_broker_restarts_job_resumes_nothing_lost_or_learned_twice(broker, tmp_path, ray_session):
     n, batch = 2000, 100
     broker.produce("live", _messages(n))
@@ -440,7 +417,7 @@ def test_job_dies_broker_restarts_job_resumes_nothing_lost_or_learned_twice(brok
     def pipeline(group, marker, at):
         src = broker.source("live", group, batch_size=batch, idle_stop_s=1.0)
         return (tf.Pipeline("broker-job").source(src).validate().detect(tf.DetectDrift(on="x0"))
-                .learn(_Marking(_linear(), marker=str(marker), at=at), name="lin", detector="ADWIN"))
+                .learn(PauseOnce(_linear(), marker=str(marker), at=at), name="lin", detector="ADWIN"))
 
     # the reference: an uninterrupted run over the same messages (its own consumer group)
     baseline = pipeline("reference", tmp_path / "never", -1).run(runner="local", tracking=False, progress=False)
@@ -477,6 +454,6 @@ def test_job_dies_broker_restarts_job_resumes_nothing_lost_or_learned_twice(brok
                                               resume=True, checkpoint_every=5, max_in_flight=2)
     assert resumed.rows == n and resumed.batches == n // batch
     assert resumed.summary["lin"]["samples_trained"] == n  # learned once each
-    assert _comparable(resumed.per_batch) == _comparable(baseline.per_batch)
+    assert comparable(resumed.per_batch) == comparable(baseline.per_batch)
     assert resumed.summary["lin"]["mae"] == baseline.summary["lin"]["mae"]
     assert broker.unacknowledged("live", "job", n) == 0  # all acknowledged at the end

@@ -17,6 +17,7 @@ from river import linear_model, preprocessing
 
 import tideflow as tf
 from tideflow.connectors.recording import RecordingSource, record
+from tideflow.testing import PauseOnce, comparable
 
 
 # the test's strategy class travels to the Ray workers by value (they cannot import this file)
@@ -26,32 +27,6 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 BATCHES = 40
 ROWS = 100
-
-
-def _comparable(per_batch):
-    # training seconds are wall-clock; everything else must match exactly
-    return {name: [{k: v for k, v in rec.items() if k != "train_seconds"} for rec in recs]
-            for name, recs in per_batch.items()}
-
-
-class _Marking(tf.RiverStrategy):
-    """Writes a marker file when it learns the batch at ``at`` and then waits a little,
-    so that a test thread can kill its actor while the run is at that point."""
-
-    def __init__(self, estimator, *, marker: str, at: int, **kw):
-        super().__init__(estimator, **kw)
-        self.marker = marker
-        self.at = at
-
-    def clone(self):
-        return _Marking(self.estimator, marker=self.marker, at=self.at, target=self.target, features=self.features)
-
-    def learn(self, batch):
-        report = super().learn(batch)
-        if batch.first_offset == self.at * ROWS and not Path(self.marker).exists():
-            Path(self.marker).write_text("reached")
-            time.sleep(2.0)  # the killer thread acts within this pause
-        return report
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +40,7 @@ def _pipeline(path, marker, at):
     model = preprocessing.StandardScaler() | linear_model.LinearRegression()
     return (tf.Pipeline("recover").source(RecordingSource(path)).validate()
             .detect(tf.DetectDrift(on="x0"))
-            .learn(_Marking(model, marker=str(marker), at=at), name="lin", detector="ADWIN"))
+            .learn(PauseOnce(model, marker=str(marker), at=at), name="lin", detector="ADWIN"))
 
 
 def _kill_when_marked(ray, marker: Path, step: str, killed: list[str]) -> threading.Thread:
@@ -104,7 +79,7 @@ def test_killed_strategy_actor_recovers_from_checkpoint(recording, tmp_path, ray
     assert result.extra["restart_log"][0]["from_batch"] >= 19
     assert result.batches == BATCHES and result.rows == BATCHES * ROWS
     assert result.summary["lin"]["samples_trained"] == BATCHES * ROWS  # learned exactly once
-    assert _comparable(result.per_batch) == _comparable(baseline.per_batch)
+    assert comparable(result.per_batch) == comparable(baseline.per_batch)
     assert result.summary["lin"]["mae"] == baseline.summary["lin"]["mae"]
     assert [(e.step, e.offset) for e in result.drift_events] == [(e.step, e.offset) for e in baseline.drift_events]
 
@@ -151,7 +126,7 @@ def test_a_run_that_died_resumes_from_its_checkpoint_folder(recording, tmp_path,
         runner="ray", tracking=False, progress=False, checkpoint_dir=ckpt, resume=True, max_in_flight=2)
     assert resumed.batches == BATCHES and resumed.rows == BATCHES * ROWS
     assert resumed.summary["lin"]["samples_trained"] == BATCHES * ROWS
-    assert _comparable(resumed.per_batch) == _comparable(baseline.per_batch)
+    assert comparable(resumed.per_batch) == comparable(baseline.per_batch)
     assert resumed.summary["lin"]["mae"] == baseline.summary["lin"]["mae"]
 
 
@@ -210,7 +185,7 @@ def test_a_run_that_died_resumes_from_its_mlflow_artifacts(recording, tmp_path, 
     resumed = _pipeline(recording, marker, at=25).run(
         runner="ray", tracking=False, progress=False, checkpoint_dir=folder, resume=True, max_in_flight=2)
     assert resumed.batches == BATCHES and resumed.summary["lin"]["samples_trained"] == BATCHES * ROWS
-    assert _comparable(resumed.per_batch) == _comparable(baseline.per_batch)
+    assert comparable(resumed.per_batch) == comparable(baseline.per_batch)
     assert resumed.summary["lin"]["mae"] == baseline.summary["lin"]["mae"]
 
     # the command: resume needs the run's argv, which only `tideflow run` records

@@ -32,19 +32,11 @@ AT = 25
 def _strategy(marker: str, at: int):
     from river import linear_model, preprocessing
 
-    import tideflow as tf
+    from tideflow.testing import PauseOnce
 
-    class Marking(tf.RiverStrategy):
-        """Marks the batch at ``at`` and pauses, so the node can be killed at that point."""
-
-        def learn(self, batch):
-            report = super().learn(batch)
-            if batch.first_offset == at * ROWS and not Path(marker).exists():
-                Path(marker).write_text("reached")
-                time.sleep(3.0)
-            return report
-
-    return Marking(preprocessing.StandardScaler() | linear_model.LinearRegression())
+    # marks the batch at ``at`` and pauses, so the node can be killed at that point
+    return PauseOnce(preprocessing.StandardScaler() | linear_model.LinearRegression(), marker=marker, at=at,
+                     pause_s=3.0)
 
 
 def _pipeline(recording: str, marker: str, at: int, resources: dict | None):
@@ -85,15 +77,12 @@ def _gpu_placement(cluster, recording: str, work: Path, store: int) -> dict:
             "gpu_job_batches": result.batches}
 
 
-def _comparable(per_batch):
-    return {n: [{k: v for k, v in r.items() if k != "train_seconds"} for r in recs] for n, recs in per_batch.items()}
-
-
 def main(recording: str, out: str, mode: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
     from tideflow.pipelines.ray_runner import enable_token_auth, ensure_ray
+    from tideflow.testing import comparable
 
     work = Path(out).parent
     marker = str(work / f"reached-{mode}")
@@ -150,7 +139,7 @@ def main(recording: str, out: str, mode: str) -> None:
             "batches": result.batches, "rows": result.rows,
             "samples_trained": result.summary["lin"]["samples_trained"],
             "mae": result.summary["lin"]["mae"], "baseline_mae": baseline.summary["lin"]["mae"],
-            "per_batch_equal": _comparable(result.per_batch) == _comparable(baseline.per_batch),
+            "per_batch_equal": comparable(result.per_batch) == comparable(baseline.per_batch),
             "drift_equal": [(e.step, e.offset) for e in result.drift_events]
             == [(e.step, e.offset) for e in baseline.drift_events],
             "expected_batches": BATCHES, "expected_rows": BATCHES * ROWS,
