@@ -9,6 +9,8 @@ import sys
 import pyarrow as pa
 import pytest
 
+from tideflow.testing import comparable
+
 TIDEFLOW = [sys.executable, "-m", "tideflow.cli"]
 
 PIPELINE_FILE = '''
@@ -53,8 +55,7 @@ def test_record_then_replay_on_both_runners_gives_identical_metrics(tmp_path):
         runs[runner] = json.loads((tmp_path / f"{runner}.json").read_text())
         # tracking is on by default: the SQLite store lands in the working folder
         assert (tmp_path / "mlflow.db").exists()
-    strip = lambda doc: {k: [{m: v for m, v in r.items() if m != "train_seconds"} for r in recs]  # noqa: E731
-                         for k, recs in doc["per_batch"].items()}
+    strip = lambda doc: comparable(doc["per_batch"])  # noqa: E731
     assert runs["local"]["rows"] == runs["ray"]["rows"] == 3000
     assert strip(runs["local"]) == strip(runs["ray"])
     assert runs["local"]["strategies"]["tree"]["accuracy"] == runs["ray"]["strategies"]["tree"]["accuracy"]
@@ -117,14 +118,14 @@ def test_resume_from_mlflow_artifacts_continues_the_run(tmp_path):
     first = json.loads((tmp_path / "first.json").read_text())
     assert len(list((tmp_path / "out" / "checkpoints").glob("ckpt-*.pt"))) == 2  # the newest two are kept
     shutil.rmtree(tmp_path / "out")
+    (tmp_path / "first.json").rename(tmp_path / "first-run.json")  # the resumed run must write its own
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("tideflow").experiment_id],
                              filter_string="tags.mlflow.runName = 'file_demo-ray'")[0]
     proc = _run(["resume", f"mlflow:{run.info.run_id}"], tmp_path)
     assert "downloaded" in proc.stdout and "resuming" in proc.stdout
-    again = json.loads((tmp_path / "first.json").read_text())  # the same --json, written by the resumed run
-    strip = lambda doc: {k: [{m: v for m, v in r.items() if m != "train_seconds"} for r in recs]  # noqa: E731
-                         for k, recs in doc["per_batch"].items()}
+    again = json.loads((tmp_path / "first.json").read_text())  # the same --json argument, written by the resumed run
+    strip = lambda doc: comparable(doc["per_batch"])  # noqa: E731
     assert again["rows"] == 3000 and strip(again) == strip(first)
     assert again["strategies"]["tree"]["accuracy"] == first["strategies"]["tree"]["accuracy"]

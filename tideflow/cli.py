@@ -142,7 +142,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.checkpoint_dir.startswith("mlflow:"):
         # a run with --checkpoint-mlflow: rebuild its checkpoint folder from the run's artifacts
         run_id = args.checkpoint_dir.split(":", 1)[1]
-        local = download(run_id, Path("runs") / f"resume-{run_id}" / "checkpoints", tracking_uri=args.tracking_uri)
+        import time
+
+        folder = Path("runs") / f"resume-{run_id}-{time.strftime('%Y%m%d-%H%M%S')}" / "checkpoints"
+        local = download(run_id, folder, tracking_uri=args.tracking_uri)
         print(f"checkpoints of MLflow run {run_id} downloaded to {local}")
         args.checkpoint_dir = str(local)
     args.checkpoint_dir = os.path.abspath(args.checkpoint_dir)  # before the chdir below

@@ -15,12 +15,7 @@ from river import linear_model, preprocessing, tree
 
 import tideflow as tf
 from tideflow.connectors.recording import RecordingSource, RecordingWriter, record
-
-
-def _comparable(per_batch):
-    # training seconds are wall-clock; everything else must match exactly
-    return {name: [{k: v for k, v in rec.items() if k != "train_seconds"} for rec in recs]
-            for name, recs in per_batch.items()}
+from tideflow.testing import comparable
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +66,7 @@ def test_local_and_ray_give_identical_metrics_classification(classification_reco
     local = _classification_pipeline(classification_recording).run(runner="local", tracking=False, progress=False)
     on_ray = _classification_pipeline(classification_recording).run(runner="ray", tracking=False, progress=False)
     assert local.batches == on_ray.batches == 12
-    assert _comparable(local.per_batch) == _comparable(on_ray.per_batch)
+    assert comparable(local.per_batch) == comparable(on_ray.per_batch)
     assert local.summary["tree"]["rows_scored"] == 3000
     assert [(e.step, e.offset) for e in local.drift_events] == [(e.step, e.offset) for e in on_ray.drift_events]
     # the learners really learned: far better than chance on SEA
@@ -83,7 +78,7 @@ def test_local_and_ray_give_identical_metrics_keyed(keyed_recording, ray_session
                                                  keep_predictions=True)
     on_ray = _keyed_pipeline(keyed_recording).run(runner="ray", tracking=False, progress=False,
                                                   keep_predictions=True)
-    assert _comparable(local.per_batch) == _comparable(on_ray.per_batch)
+    assert comparable(local.per_batch) == comparable(on_ray.per_batch)
     for name in ("shared", "per_link"):
         mine, theirs = local.predictions[name], on_ray.predictions[name]
         assert mine["offset"].tolist() == list(range(2400)) == theirs["offset"].tolist()
@@ -112,7 +107,7 @@ def test_ray_chaining_modes_match_local(classification_recording, ray_session, f
                                                        max_in_flight=3)
     assert on_ray.batches == 12 and sink.rows == 3000
     assert [b.first_offset for b in sink.batches] == list(range(0, 3000, 250))
-    assert _comparable(local.per_batch) == _comparable(on_ray.per_batch)
+    assert comparable(local.per_batch) == comparable(on_ray.per_batch)
     assert [(e.step, e.offset) for e in local.drift_events] == [(e.step, e.offset) for e in on_ray.drift_events]
     assert np.array_equal(local.predictions["tree"]["prediction"], on_ray.predictions["tree"]["prediction"])
     assert local.summary["tree"]["rows_scored"] == on_ray.summary["tree"]["rows_scored"] == 3000

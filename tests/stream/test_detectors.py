@@ -122,10 +122,15 @@ def test_nulls_and_nan_are_skipped_and_counted_not_fatal_to_the_detector(detecto
     assert again.skipped == d.skipped
 
 
-def test_a_binary_detector_on_a_regression_error_is_refused_when_the_pipeline_is_declared():
-    with pytest.raises(ValueError, match="DDM watches a 0/1 error"):
-        tf.Pipeline("p").source(tf.SyntheticSource("friedman-drift", n=100)).learn(
-            tf.RiverStrategy(linear_model.LinearRegression()), detector="DDM")
-    with pytest.raises(ValueError, match="unknown River drift detector"):
-        tf.Pipeline("p").source(tf.SyntheticSource("friedman-drift", n=100)).learn(
-            tf.RiverStrategy(linear_model.LinearRegression()), detector="NoSuchDetector")
+def test_a_binary_detector_on_a_regression_error_is_refused_when_the_graph_is_validated():
+    from tideflow.pipelines.graph import GraphError
+
+    def graph(detector):
+        return tf.Pipeline("p").source(tf.SyntheticSource("friedman-drift", n=100)).learn(
+            tf.RiverStrategy(linear_model.LinearRegression()), name="lin", detector=detector).build()
+
+    with pytest.raises(GraphError, match="learn step 'lin': DDM watches a 0/1 error"):
+        graph("DDM").validate()
+    with pytest.raises(GraphError, match="unknown River drift detector"):
+        graph("NoSuchDetector").validate()
+    graph("ADWIN").validate()

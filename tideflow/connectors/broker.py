@@ -233,12 +233,14 @@ class BrokerSource(Source):
     def commit(self, state: dict[str, Any]) -> None:
         """Acknowledge every delivered message below ``state["position"]`` (a durable checkpoint's)."""
         upto = int(state["position"])
-        handles = []
-        while self._unacked and self._unacked[0][0] < upto:
-            handles.append(self._unacked.popleft()[1])
-        if handles:
-            self._ack(handles)
-            self._count("acked", len(handles))
+        n = 0
+        while n < len(self._unacked) and self._unacked[n][0] < upto:
+            n += 1
+        if n:
+            self._ack([self._unacked[i][1] for i in range(n)])  # a failure keeps them for the next commit
+            for _ in range(n):
+                self._unacked.popleft()
+            self._count("acked", n)
 
     def _ack(self, handles: list[Any]) -> None:
         raise NotImplementedError

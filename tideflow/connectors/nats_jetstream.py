@@ -109,6 +109,7 @@ class NatsJetStreamSource(BrokerSource):
 
     def seek(self, offset: int) -> None:
         super().seek(offset)
+        self._unacked.clear()  # their acks belong to the consumer that is about to be replaced
         self.close()  # the consumer is recreated at the new position on the next read
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -125,11 +126,20 @@ class NatsJetStreamSource(BrokerSource):
 
     async def _aconnect(self) -> None:
         import nats
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
-        from nats.js.errors import NotFoundError
 
         self._nc = await nats.connect(self.url, allow_reconnect=True, max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5)
+        try:
+            await self._bind()
+        except BaseException:
+            await self._nc.close()  # no half-made connection left behind for a retry to add to
+            self._nc = self._js = None
+            raise
+
+    async def _bind(self) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+        from nats.js.errors import NotFoundError
+
         self._js = self._nc.jetstream()
         try:
             await self._js.stream_info(self.stream)

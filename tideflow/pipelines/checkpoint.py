@@ -66,6 +66,7 @@ class CheckpointStore:
         self.meta = meta
         self.saved = 0
         self.mirror: Any = None  # e.g. `MlflowMirror`: gets each checkpoint's files after the save
+        self.durable = False  # the last save reached every copy (the mirror's too, when there is one)
 
     def files(self) -> list[Path]:
         """Checkpoint files, oldest first."""
@@ -103,12 +104,10 @@ class CheckpointStore:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         self.saved += 1
+        self.durable = True
         if self.mirror is not None:
-            if self.mirror.uploaded == 0 and not self.mirror.queued:
-                # the first copy carries every record so far (a resumed run's earlier ones too)
-                path = self.dir / "history.jsonl"
-                line = path.read_text() if path.exists() else line
-            self.mirror.save(seq, final, line, self.dir / "run.json" if self.saved == 1 else None)
+            self.durable = self.mirror.save(seq, final, line, self.dir / "history.jsonl",
+                                            self.dir / "run.json" if self.saved == 1 else None)
         for old in self.files()[:-self.keep]:
             old.unlink(missing_ok=True)
         return final
@@ -209,11 +208,14 @@ class MlflowMirror:
         self.staging = Path(staging)
         self.slot = 0
         self.queued: list[Path] = []  # history files not uploaded yet, oldest first
+        self.started = False  # the first history file (every record so far) is queued
         self.uploaded = 0
         self.failures = 0
 
-    def save(self, seq: int, checkpoint: Path, history_line: str | None, run_json: Path | None) -> bool:
-        """Upload one checkpoint (and its history records, and ``run.json`` the first time)."""
+    def save(self, seq: int, checkpoint: Path, history_line: str | None, history_file: Path,
+             run_json: Path | None) -> bool:
+        """Upload one checkpoint (its history records, and ``run.json`` the first time);
+        False when the upload failed (it is retried with the next checkpoint)."""
         import logging
         import shutil
 
@@ -221,7 +223,11 @@ class MlflowMirror:
         if run_json is not None and run_json.exists():
             shutil.copyfile(run_json, self.staging / "run.json")
             self.queued.insert(0, self.staging / "run.json")
-        if history_line is not None:
+        if not self.started and history_file.exists():
+            # the first file carries every record so far (a resumed run's earlier ones too)
+            history_line = history_file.read_text()
+        self.started = True
+        if history_line:
             chunk = self.staging / "history" / f"{seq:012d}.jsonl"
             chunk.write_text(history_line)
             self.queued.append(chunk)
@@ -262,6 +268,8 @@ def download(run_id: str, directory: str | os.PathLike[str], *, tracking_uri: st
 
     client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
     out = Path(directory)
+    if out.is_dir() and any(out.glob("ckpt-*.pt")):
+        raise FileExistsError(f"{out} already holds checkpoints (of a resumed run?): download into an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -280,8 +288,6 @@ def download(run_id: str, directory: str | os.PathLike[str], *, tracking_uri: st
                 best = (seq, slot)
         if best is None:
             raise FileNotFoundError(f"MLflow run {run_id}: no loadable checkpoint in {ARTIFACT_DIR}/")
-        for old in out.glob("ckpt-*.pt"):
-            old.unlink()
         shutil.copyfile(best[1], out / f"ckpt-{best[0]:012d}.pt")
         if (got / "run.json").exists():
             shutil.copyfile(got / "run.json", out / "run.json")

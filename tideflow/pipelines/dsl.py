@@ -124,18 +124,9 @@ class Pipeline:
             raise ValueError("name= is for one strategy; use names=[...] for several")
         if names is not None and len(names) != len(strategies):
             raise ValueError("names must have one entry per strategy")
-        if detector is not None:
-            from tideflow.stream.drift import ALIASES, BINARY_DETECTORS, make_river_detector
-
-            make_river_detector(detector, detector_params)  # an unknown name or bad parameter fails here
         for i, s in enumerate(strategies):
             if not isinstance(s, Strategy):
                 raise TypeError(f"learn() takes Strategy objects, got {type(s).__name__}")
-            if detector is not None and ALIASES.get(detector, detector) in BINARY_DETECTORS \
-                    and s.task != "classification":
-                raise ValueError(f"{detector} watches a 0/1 error (a classifier's mistakes); on the "
-                                 f"absolute error of the regression strategy {type(s).__name__} use ADWIN, "
-                                 f"PageHinkley, KSWIN or PerformanceTrigger")
             step_name = name if name is not None else (names[i] if names else default_name(s))
             self._steps.append(Step(step_name, "learn", s, num_cpus=num_cpus, num_gpus=num_gpus, route=route,
                                     detector=detector, detector_params=dict(detector_params or {}),

@@ -158,6 +158,8 @@ class Graph:
                 strategy.bind(schema)
             except SchemaError as exc:
                 raise GraphError(f"learn step {s.name!r}: {exc}") from exc
+            if s.detector is not None:
+                self._check_error_detector(s, strategy)
             if s.route is not None:
                 if s.route.key not in schema.fields:
                     raise GraphError(f"learn step {s.name!r} routes by key {s.route.key!r}, which is not in the schema ({schema.names})")
@@ -167,6 +169,19 @@ class Graph:
                     any(not isinstance(v, (int, float)) or v < 0 for v in (s.resources or {}).values()):
                 raise GraphError(f"learn step {s.name!r}: resources must be numbers >= 0")
         return schema
+
+    @staticmethod
+    def _check_error_detector(s: Step, strategy: Strategy) -> None:
+        from tideflow.stream.drift import ALIASES, BINARY_DETECTORS, make_river_detector
+
+        try:
+            make_river_detector(s.detector, s.detector_params)  # an unknown name or a bad parameter
+        except (ValueError, TypeError) as exc:
+            raise GraphError(f"learn step {s.name!r}: error detector: {exc}") from exc
+        if ALIASES.get(s.detector, s.detector) in BINARY_DETECTORS and strategy.task != "classification":
+            raise GraphError(f"learn step {s.name!r}: {s.detector} watches a 0/1 error (a classifier's mistakes); "
+                             f"on the absolute error of a regression strategy use ADWIN, PageHinkley, KSWIN or "
+                             f"PerformanceTrigger")
 
     def _check_step_schema(self, s: Step, schema: Schema) -> Schema:
         op = s.op

@@ -419,6 +419,10 @@ def run_on_ray(graph: Graph, schema: Any, collector: Any, *, label_delay: int, m
                     lengths = ckpt["collector"]["lengths"]
                     checkpoints.save(ckpt, history=collector.history(saved, lengths))
                     saved = lengths
+                    if not checkpoints.durable:
+                        # a copy (the MLflow run's) did not take it: acknowledging now could let
+                        # a resume from that copy miss messages the broker no longer redelivers
+                        continue
                 # durable now: a broker source may acknowledge what came before it
                 actors.source.commit.remote(ckpt["actors"]["source"]["source"])
             return
@@ -516,10 +520,14 @@ def _drive(ray: Any, actors: _Actors, collector: Any, *, max_in_flight: int, che
                 done_ckpt = finalize()
                 if done_ckpt is not None:
                     yield done_ckpt
+                    # the interval counts from when the checkpoint was saved (a slow save or
+                    # upload must not make every group a checkpoint)
+                    last_ckpt_t = time.monotonic()
     while inflight:
         done_ckpt = finalize()
         if done_ckpt is not None:
             yield done_ckpt
+            last_ckpt_t = time.monotonic()
     finals = dict(ray.get(source.finish.remote()))
     for name, acts in learners.items():
         res = LearnResult(-1)

@@ -18,7 +18,12 @@ Departures, and why:
   and the classes it has seen per task. A restored strategy then learns on
   exactly as the original would (tested for all four). A plugin of another kind
   keeps its memory out of the snapshot: its class name is listed under
-  ``"not_in_snapshot"``, so that a checkpoint says what it does not hold.
+  ``"not_in_snapshot"``, so that a checkpoint says what it does not hold (Replay
+  with a storage policy other than its default experience-balanced one too).
+* Every batch is an experience, so EWC in its default ``mode="separate"`` keeps
+  one copy of the parameters and one of the importances per batch learned: its
+  memory (and its snapshots) grow with the stream. For a long-lived job use
+  ``strategy_kwargs={"mode": "online", "decay_factor": ...}``, which keeps one.
 """
 
 from __future__ import annotations
@@ -232,14 +237,15 @@ class AvalancheStrategy(Strategy):
     def _plugin_state(self) -> dict[str, Any]:
         """Avalanche's clock and the memories of the Replay, EWC and LwF plugins, as tensors."""
         from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
-        from avalanche.training.storage_policy import BalancedExemplarsBuffer, ReservoirSamplingBuffer
+        from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
         cpu = lambda t: t.detach().cpu().clone()  # noqa: E731
         clock = {k: int(v) for k, v in vars(self._template.clock).items() if type(v) is int}
         plugins: list[dict[str, Any]] = []
         missing: list[str] = []
         for p in self._template.plugins:
-            if isinstance(p, ReplayPlugin) and isinstance(p.storage_policy, BalancedExemplarsBuffer) and all(
+            # Replay's default policy; others (class-balanced: its seen classes) are listed as missing
+            if isinstance(p, ReplayPlugin) and type(p.storage_policy) is ExperienceBalancedBuffer and all(
                     type(g) is ReservoirSamplingBuffer for g in p.storage_policy.buffer_groups.values()):
                 sp = p.storage_policy
                 groups = []
