@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import deque
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 
@@ -220,6 +221,7 @@ class BrokerSource(Source):
         """Messages below ``offset`` are acknowledged and skipped when they come (again)."""
         self._next = int(offset)
         self._restored = True
+        self._reset()
 
     def snapshot(self) -> dict[str, Any]:
         return {"position": self._next, "read": self._read}
@@ -229,6 +231,7 @@ class BrokerSource(Source):
         self._read = int(state.get("read", 0))
         self._restored = True
         self._unacked.clear()
+        self._reset()
 
     def commit(self, state: dict[str, Any]) -> None:
         """Acknowledge every delivered message below ``state["position"]`` (a durable checkpoint's)."""
@@ -242,8 +245,52 @@ class BrokerSource(Source):
                 self._unacked.popleft()
             self._count("acked", n)
 
+    # -- what each broker adds ----------------------------------------------------------
     def _ack(self, handles: list[Any]) -> None:
+        """Acknowledge these delivered messages (their handles, oldest first)."""
         raise NotImplementedError
+
+    def _start_reading(self) -> None:
+        """Connect (or reconnect) before a `batches` loop."""
+
+    def _fetch(self, want: int) -> tuple[int, list[tuple[int, Any, Any]]]:
+        """Up to ``want`` messages as (offset, handle, message), waiting a little for them; and
+        how many the broker delivered (0: nothing new, the stream is idle for now)."""
+        raise NotImplementedError
+
+    def _skip(self, handle: Any) -> None:
+        """A message below the position came again (a redelivery): not learned twice."""
+        self._count("redelivered")
+
+    def _reset(self) -> None:
+        """The position moved (seek, restore): drop what belongs to the old reads."""
+
+    def batches(self) -> Iterator[Batch]:
+        """Batches of ``batch_size`` messages (a smaller one when the stream goes idle), stopping
+        after ``max_messages`` or ``idle_stop_s`` without new messages."""
+        self._start_reading()
+        buf: list[tuple[int, Any, Any]] = []
+        idle_since = time.monotonic()
+        while True:
+            want = self._want(len(buf))
+            if want == 0 and not buf:
+                break
+            got, entries = self._fetch(want) if want else (0, [])
+            for off, handle, message in entries:
+                if off < self._next:
+                    self._skip(handle)
+                    continue
+                buf.append((off, handle, message))
+                self._read += 1
+            if got:
+                idle_since = time.monotonic()
+            if len(buf) >= self.batch_size or (buf and not got):
+                yield self._emit(buf[:self.batch_size])
+                buf = buf[self.batch_size:]
+            elif not got and self.idle_stop_s is not None and time.monotonic() - idle_since >= self.idle_stop_s:
+                break
+        if buf:
+            yield self._emit(buf)
 
     def _want(self, buffered: int) -> int:
         """How many messages to ask the broker for next (0: `max_messages` reached)."""

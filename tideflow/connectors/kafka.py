@@ -23,11 +23,9 @@ run otherwise (Debian ships no Kafka broker).
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterator
+from typing import Any
 
 from tideflow.connectors.broker import BrokerSource
-from tideflow.stream.batch import Batch
 from tideflow.stream.schema import Schema
 
 
@@ -68,13 +66,8 @@ class KafkaSource(BrokerSource):
         return {"topic": self.topic, "group": self.group, "partition": self.partition,
                 "batch_size": self.batch_size}
 
-    def seek(self, offset: int) -> None:
-        super().seek(offset)
+    def _reset(self) -> None:
         self.close()  # assigned again at the new position on the next read
-
-    def restore(self, state: dict[str, Any]) -> None:
-        super().restore(state)
-        self.close()
 
     def _connect(self) -> Any:
         if self._consumer is not None:
@@ -95,6 +88,9 @@ class KafkaSource(BrokerSource):
         self._consumer = consumer
         return consumer
 
+    def _start_reading(self) -> None:
+        self._connect()
+
     def _ack(self, handles: list[Any]) -> None:
         from confluent_kafka import TopicPartition
 
@@ -107,36 +103,15 @@ class KafkaSource(BrokerSource):
             self._consumer.close()
             self._consumer = None
 
-    def batches(self) -> Iterator[Batch]:
-        consumer = self._connect()
-        buf: list[tuple[int, int, Any]] = []
-        idle_since = time.monotonic()
-        while True:
-            want = self._want(len(buf))
-            if want == 0 and not buf:
-                break
-            msgs = consumer.consume(num_messages=want, timeout=self.poll_timeout_s) if want else []
-            got = 0
-            for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    self._count(f"error.{err.name()}")
-                    if err.fatal():
-                        raise RuntimeError(f"Kafka consumer failed on {self.stream_id}: {err}")
-                    continue
-                got += 1
-                off = int(msg.offset())
-                if off < self._next:
-                    self._count("redelivered")
-                    continue
-                buf.append((off, off, msg.value()))
-                self._read += 1
-            if got:
-                idle_since = time.monotonic()
-            if len(buf) >= self.batch_size or (buf and not got):
-                yield self._emit(buf[:self.batch_size])
-                buf = buf[self.batch_size:]
-            elif not got and self.idle_stop_s is not None and time.monotonic() - idle_since >= self.idle_stop_s:
-                break
-        if buf:
-            yield self._emit(buf)
+    def _fetch(self, want: int) -> tuple[int, list[tuple[int, Any, Any]]]:
+        got, out = 0, []
+        for msg in self._connect().consume(num_messages=want, timeout=self.poll_timeout_s):
+            err = msg.error()
+            if err is not None:
+                self._count(f"error.{err.name()}")
+                if err.fatal():
+                    raise RuntimeError(f"Kafka consumer failed on {self.stream_id}: {err}")
+                continue
+            got += 1
+            out.append((int(msg.offset()), int(msg.offset()), msg.value()))
+        return got, out

@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from typing import Any, Iterator
+from typing import Any
 
 from tideflow.connectors.broker import BrokerSource
-from tideflow.stream.batch import Batch
 from tideflow.stream.schema import Schema
 
 
@@ -107,17 +105,12 @@ class NatsJetStreamSource(BrokerSource):
         return {"stream": self.stream, "durable": self.durable, "subject": self.subject,
                 "batch_size": self.batch_size}
 
-    def seek(self, offset: int) -> None:
-        super().seek(offset)
+    def _reset(self) -> None:
         self._unacked.clear()  # their acks belong to the consumer that is about to be replaced
         self.close()  # the consumer is recreated at the new position on the next read
 
-    def restore(self, state: dict[str, Any]) -> None:
-        super().restore(state)
-        self.close()
-
     # -- connection ---------------------------------------------------------------------
-    def _connect(self) -> None:
+    def _start_reading(self) -> None:
         if self._sub is not None:
             return
         if self._io is None:
@@ -189,28 +182,6 @@ class NatsJetStreamSource(BrokerSource):
         self._io = self._nc = self._js = self._sub = None
 
     # -- reading ------------------------------------------------------------------------
-    def batches(self) -> Iterator[Batch]:
-        self._connect()
-        buf: list[tuple[int, Any, bytes]] = []
-        idle_since = time.monotonic()
-        while True:
-            want = self._want(len(buf))
-            if want == 0 and not buf:
-                break
-            msgs = self._io.run(self._afetch(want)) if want else []
-            for msg in msgs:
-                seq = int(msg.metadata.sequence.stream)
-                if seq < self._next:
-                    self._count("redelivered")
-                    continue
-                buf.append((seq, msg, msg.data))
-                self._read += 1
-            if msgs:
-                idle_since = time.monotonic()
-            if len(buf) >= self.batch_size or (buf and not msgs):
-                yield self._emit(buf[:self.batch_size])
-                buf = buf[self.batch_size:]
-            elif not msgs and self.idle_stop_s is not None and time.monotonic() - idle_since >= self.idle_stop_s:
-                break
-        if buf:
-            yield self._emit(buf)
+    def _fetch(self, want: int) -> tuple[int, list[tuple[int, Any, Any]]]:
+        msgs = self._io.run(self._afetch(want))
+        return len(msgs), [(int(m.metadata.sequence.stream), m, m.data) for m in msgs]

@@ -25,11 +25,9 @@ as a live job would); ``max_messages`` stops it after that many entries.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterator
+from typing import Any
 
 from tideflow.connectors.broker import BrokerSource
-from tideflow.stream.batch import Batch
 from tideflow.stream.schema import Schema
 
 SEQ_BITS = 20
@@ -106,44 +104,32 @@ class RedisStreamSource(BrokerSource):
             self._redis.close()
             self._redis = None
 
-    def batches(self) -> Iterator[Batch]:
-        buf: list[tuple[int, bytes, dict[bytes, bytes]]] = []
-        pending_from: bytes | str | None = "0"  # own pending entries first, then new ones
-        idle_since = time.monotonic()
-        while True:
-            if self.max_messages is not None and self._read >= self.max_messages:
-                break
-            want = self._want(len(buf))
-            if pending_from is not None:
-                resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: pending_from}, count=want)
-                entries = resp[0][1] if resp else []
-                if not entries:
-                    pending_from = None
-                    continue
-                pending_from = entries[-1][0]
-            else:
-                resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=want,
-                                              block=self.block_ms)
-                entries = resp[0][1] if resp else []
-            for entry_id, fields in entries:
-                off = offset_of(entry_id)
-                if fields is None:  # deleted from the stream while pending
-                    self.client.xack(self.stream, self.group, entry_id)
-                    self._count("deleted")
-                    continue
-                if off < self._next:  # processed before the checkpoint we resumed from
-                    self.client.xack(self.stream, self.group, entry_id)
-                    self._count("skipped_processed")
-                    continue
-                buf.append((off, entry_id, fields))
-                self._read += 1
+    def _start_reading(self) -> None:
+        self._pending_from: bytes | str | None = "0"  # own pending entries first, then new ones
+
+    def _fetch(self, want: int) -> tuple[int, list[tuple[int, Any, Any]]]:
+        if self._pending_from is not None:
+            resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: self._pending_from}, count=want)
+            entries = resp[0][1] if resp else []
             if entries:
-                idle_since = time.monotonic()
-            if len(buf) >= self.batch_size or (buf and not entries and pending_from is None):
-                yield self._emit(buf[:self.batch_size])
-                buf = buf[self.batch_size:]
-            elif not entries and pending_from is None and self.idle_stop_s is not None \
-                    and time.monotonic() - idle_since >= self.idle_stop_s:
-                break
-        if buf:
-            yield self._emit(buf)
+                self._pending_from = entries[-1][0]
+                return len(entries), self._entries(entries)
+            self._pending_from = None
+        resp = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=want, block=self.block_ms)
+        entries = resp[0][1] if resp else []
+        return len(entries), self._entries(entries)
+
+    def _entries(self, entries: list[Any]) -> list[tuple[int, Any, Any]]:
+        out = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted from the stream while pending
+                self.client.xack(self.stream, self.group, entry_id)
+                self._count("deleted")
+                continue
+            out.append((offset_of(entry_id), entry_id, fields))
+        return out
+
+    def _skip(self, handle: Any) -> None:
+        # processed before the checkpoint we resumed from: acknowledged now
+        self.client.xack(self.stream, self.group, handle)
+        self._count("skipped_processed")
