@@ -103,7 +103,7 @@ def test_detector_on_a_learners_error_and_on_a_feature_in_one_pipeline(detector)
 
 
 @pytest.mark.parametrize("detector", ["ADWIN", "PageHinkley", "DDM"])
-def test_nulls_and_nan_are_skipped_and_counted_not_fatal_to_the_detector(detector):
+def test_nulls_and_nan_are_skipped_and_counted_not_fatal_to_the_detector(detector, caplog):
     rng = np.random.default_rng(2)
     if detector == "DDM":
         x = np.r_[rng.random(2000) < 0.05, rng.random(2000) < 0.5].astype(float)
@@ -115,6 +115,8 @@ def test_nulls_and_nan_are_skipped_and_counted_not_fatal_to_the_detector(detecto
     d = RiverDetector(detector, statistic="x")
     events = d.update(x, offsets=np.arange(4000), stream_id="s")
     assert d.skipped == (6 if detector == "DDM" else 4)
+    said = [r.getMessage() for r in caplog.records if "skipping values" in r.getMessage()]
+    assert len(said) == 1 and "first at offset 3" in said[0]  # said once, where it started
     assert any(2000 <= e.offset < 2600 for e in events), [e.offset for e in events][:8]
     assert all(np.isfinite(x[e.offset]) for e in events)
     again = RiverDetector(detector, statistic="x")

@@ -164,6 +164,14 @@ class RiverDetector:
         if self.binary:
             ok &= (vals == 0.0) | (vals == 1.0)
         if not ok.all():
+            if self.skipped == 0:
+                import logging
+
+                first = int(np.asarray(offsets)[~ok][0])
+                logging.getLogger("tideflow").warning(
+                    "%s on %s (step %r): skipping values it cannot take (null, NaN, inf%s), first at offset "
+                    "%d; counted in its snapshot as 'skipped'", self.detector, self.statistic, self.step,
+                    ", not 0/1" if self.binary else "", first)
             self.skipped += int((~ok).sum())
             vals, offsets = vals[ok], np.asarray(offsets)[ok]
         for v, off in zip(vals.tolist(), np.asarray(offsets).tolist()):
