@@ -116,7 +116,7 @@ def test_resume_from_mlflow_artifacts_continues_the_run(tmp_path):
     _run(["replay", str(rec), "--pipeline", str(tmp_path / "mine.py"), "--runner", "ray", "--no-progress",
           "--checkpoint-mlflow", "--checkpoint-every", "3", "--output-dir", "out", "--json", "first.json"], tmp_path)
     first = json.loads((tmp_path / "first.json").read_text())
-    assert len(list((tmp_path / "out" / "checkpoints").glob("ckpt-*.pt"))) == 2  # the newest two are kept
+    assert len(list((tmp_path / "out" / "checkpoints").glob("ckpt-*.json"))) == 2  # the newest two are kept
     shutil.rmtree(tmp_path / "out")
     (tmp_path / "first.json").rename(tmp_path / "first-run.json")  # the resumed run must write its own
 

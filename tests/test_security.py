@@ -9,7 +9,7 @@ import psutil
 import pytest
 import torch
 
-from tideflow.pipelines.checkpoint import CheckpointStore
+from tideflow.pipelines.checkpoint import CheckpointMismatch, CheckpointStore
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
@@ -45,15 +45,24 @@ class _Payload:
 
 
 def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    from tideflow.stream.state import unseal  # what an actor's restore calls
+
     store = CheckpointStore(tmp_path, fingerprint="f")
     store.save({"seq": 3, "actors": {}, "collector": {}})
     good = store.files()[-1]
-    # the same file format, but carrying an object that pickle would call on load
+    # a pickle under a checkpoint's name: not JSON, refused before anything is unpickled
     buf = io.BytesIO()
-    torch.save({"format": "tideflow-checkpoint", "version": 1, "fingerprint": "f", "seq": 4,
+    torch.save({"format": "tideflow-checkpoint", "version": 3, "fingerprint": "f", "seq": 4,
                 "state": _Payload()}, buf)
-    bad = tmp_path / "ckpt-000000000004.pt"
+    bad = tmp_path / "ckpt-000000000004.json"
     bad.write_bytes(buf.getvalue())
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported global|not allowed"):
+    with pytest.raises(CheckpointMismatch, match="not a tideflow checkpoint"):
         store.load()  # the newest file is the bad one
     assert store.load(good)["seq"] == 3
+    bad.unlink()
+    # a valid checkpoint whose sealed learner snapshot carries a pickled object: the file loads
+    # (it is JSON), and the actor's unseal refuses the payload (torch.load(weights_only=True))
+    store.save({"seq": 5, "actors": {"learners": {"lin": [{"__sealed__": buf.getvalue()}]}}, "collector": {}})
+    sealed = store.load()["actors"]["learners"]["lin"][0]
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global|not allowed"):
+        unseal(sealed)

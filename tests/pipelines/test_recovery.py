@@ -111,7 +111,7 @@ def test_a_run_that_died_resumes_from_its_checkpoint_folder(recording, tmp_path,
     killer.join(timeout=10)
     assert killed
     files = CheckpointStore(ckpt, fingerprint="?").files()
-    assert files and files[-1].name >= "ckpt-000000000019.pt"
+    assert files and files[-1].name >= "ckpt-000000000019.json"
     assert not list(ckpt.glob("*.tmp"))  # written whole, then renamed
 
     # a different graph cannot resume from it
@@ -177,11 +177,11 @@ def test_a_run_that_died_resumes_from_its_mlflow_artifacts(recording, tmp_path, 
     run = client.search_runs([client.get_experiment_by_name("ckpt-mlflow").experiment_id],
                              filter_string="tags.mlflow.runName = 'recover-ray'")[0]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-    assert {"checkpoints/slot-0.pt", "checkpoints/slot-1.pt", "checkpoints/history", "checkpoints/run.json"} <= names
+    assert {"checkpoints/slot-0.json", "checkpoints/slot-1.json", "checkpoints/history", "checkpoints/run.json"} <= names
     shutil.rmtree(out)  # the local copy is lost with the machine
 
     folder = download(run.info.run_id, tmp_path / "restored", tracking_uri=uri)
-    ckpts = sorted(folder.glob("ckpt-*.pt"))
+    ckpts = sorted(folder.glob("ckpt-*.json"))
     assert len(ckpts) == 1 and 0 < int(ckpts[0].stem.split("-")[1]) < 25  # the newest slot, before the kill
     resumed = _pipeline(recording, marker, at=25).run(
         runner="ray", tracking=False, progress=False, checkpoint_dir=folder, resume=True, max_in_flight=2)
@@ -230,4 +230,4 @@ def test_mlflow_copy_after_a_failed_upload_holds_each_history_record_once(tmp_pa
     chunks = sorted((tmp_path / "remote" / "checkpoints" / "history").glob("*.jsonl"))
     records = [line for c in chunks for line in c.read_text().splitlines()]
     assert [json.loads(r)["seq"] for r in records] == [9, 19, 29]
-    assert {p.name for p in (tmp_path / "remote" / "checkpoints").glob("slot-*.pt")} == {"slot-0.pt", "slot-1.pt"}
+    assert {p.name for p in (tmp_path / "remote" / "checkpoints").glob("slot-*.json")} == {"slot-0.json", "slot-1.json"}

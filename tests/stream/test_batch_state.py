@@ -132,8 +132,8 @@ def test_sealed_snapshots_carry_tensors_as_bytes_and_load_without_pickle():
 
 
 def test_the_driver_does_not_import_torch_for_checkpoints_of_torch_learners(tmp_path):
-    """Checkpoints of torch learners on the Ray runner travel sealed: the driver holds bytes,
-    so it never imports torch (~470 MiB resident) for them."""
+    """Checkpoints of torch learners on the Ray runner travel sealed and are written as JSON: the
+    driver holds and writes bytes, so it never imports torch (~470 MiB resident) for them."""
     import subprocess
     import sys
 
@@ -144,8 +144,11 @@ import tideflow as tf
 src = tf.SyntheticSource("sea-drift", n=3000, batch_size=100, seed=1)
 r = (tf.Pipeline("sealed").source(src).validate()
      .learn(tf.AvalancheStrategy("Naive", n_classes=2, hidden=8, seed=1), name="net")
-     .run(runner="ray", tracking=False, progress=False, checkpoint_every=3, max_in_flight=2))
+     .run(runner="ray", tracking=False, progress=False, checkpoint_every=3, max_in_flight=2,
+          checkpoint_dir="ckpt"))
 assert r.summary["net"]["samples_trained"] == 3000, r.summary
+from tideflow.pipelines.checkpoint import CheckpointStore
+assert len(CheckpointStore("ckpt", fingerprint="?").files()) == 2
 print("TORCH_IN_DRIVER", "torch" in sys.modules)
 ''')
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -4,14 +4,15 @@ A checkpoint is what the Ray runner collects at one batch boundary (see
 `tideflow.pipelines.ray_runner.run_on_ray`): the batch number, every actor's
 snapshot (source position, data-path operators, learners with their models and
 the rows still waiting for labels) and the driver's bookkeeping. On disk it is
-``<dir>/ckpt-<batch>.pt``, a ``torch.save`` of plain data only: the snapshot tree
-goes through `tideflow.stream.state.to_plain` (library objects become trees of
-numbers, strings, bytes and tensors that name their classes; batches become
-Arrow IPC bytes), and it is read back with ``torch.load(weights_only=True)``,
-which refuses anything but plain data, then rebuilt by `from_plain`, which
-imports only allow-listed modules. Opening a checkpoint cannot run code.
+``<dir>/ckpt-<batch>.json``: JSON of plain data only. The actors' snapshots arrive
+sealed (`tideflow.stream.state.seal`: `to_plain` trees, with any torch tensors packed
+by ``torch.save`` into bytes that only the actor reads back, with
+``torch.load(weights_only=True)``); the rest goes through `to_plain` here; bytes are
+written as base64. Reading is ``json.loads`` then `from_plain`, which imports only
+allow-listed modules: opening a checkpoint cannot run code, and the driver never
+needs torch for it.
 
-Writing goes to ``ckpt-<batch>.pt.tmp``, is flushed to disk, and is then renamed
+Writing goes to ``ckpt-<batch>.json.tmp``, is flushed to disk, and is then renamed
 over the final name, so a crash mid-write leaves the previous checkpoint intact
 and no half-written file under a checkpoint's name. Each file carries the
 graph's fingerprint; resuming a different pipeline from it is an error.
@@ -30,6 +31,7 @@ tideflow.pipelines.checkpoint.CheckpointMismatch: ...
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -37,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "tideflow-checkpoint"
-VERSION = 2  # 2: actor snapshots sealed (tideflow.stream.state.seal)
-_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+VERSION = 3  # 2: actor snapshots sealed (tideflow.stream.state.seal); 3: JSON, not torch.save
+_NAME = re.compile(r"^ckpt-(\d+)\.json$")
 
 
 class CheckpointMismatch(ValueError):
@@ -79,8 +81,6 @@ class CheckpointStore:
         """Write one checkpoint; ``history``, the run's records since the previous checkpoint
         (per-batch metrics, drift events, ...), is appended to ``history.jsonl`` first, so a
         checkpoint file never refers to records that are not on disk."""
-        import torch
-
         from tideflow.stream.state import to_plain
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -94,12 +94,12 @@ class CheckpointStore:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
-        final = self.dir / f"ckpt-{seq:012d}.pt"
+        final = self.dir / f"ckpt-{seq:012d}.json"
         tmp = final.with_name(final.name + ".tmp")
         doc = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "seq": seq,
                "state": to_plain(checkpoint)}
         with open(tmp, "wb") as fh:
-            torch.save(doc, fh)
+            fh.write(_dumps(doc))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -114,8 +114,6 @@ class CheckpointStore:
 
     def load(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
         """The newest checkpoint (or ``path``), or None when there is none."""
-        import torch
-
         from tideflow.stream.state import from_plain
 
         if path is None:
@@ -123,8 +121,8 @@ class CheckpointStore:
             if not files:
                 return None
             path = files[-1]
-        doc = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        doc = _load_doc(Path(path))
+        if doc.get("format") != FORMAT:
             raise CheckpointMismatch(f"{path} is not a tideflow checkpoint")
         if doc.get("version") != VERSION:
             raise CheckpointMismatch(f"{path}: checkpoint format version {doc.get('version')}, "
@@ -190,7 +188,7 @@ class MlflowMirror:
     """Copies each checkpoint into the MLflow run's artifacts, under ``checkpoints/``.
 
     Artifact stores cannot rename or delete, so the checkpoint goes to one of two slots
-    (``slot-0.pt``, ``slot-1.pt``, in turn): an upload cut short spoils at most one slot,
+    (``slot-0.json``, ``slot-1.json``, in turn): an upload cut short spoils at most one slot,
     and the other still holds the previous checkpoint (`download` takes the newest slot
     that loads). Each checkpoint's history records go as their own small file
     (``history/<batch>.jsonl``), so an upload costs the same late in a long run as early.
@@ -239,7 +237,7 @@ class MlflowMirror:
                 self.queued.pop(0)
                 if path.parent.name == "history":
                     path.unlink(missing_ok=True)
-            slot = self.staging / f"slot-{self.slot}.pt"
+            slot = self.staging / f"slot-{self.slot}.json"
             shutil.copyfile(checkpoint, slot)
             self.tracker.log_artifact(slot, artifact_path=ARTIFACT_DIR)
             slot.unlink(missing_ok=True)
@@ -257,18 +255,17 @@ class MlflowMirror:
 def download(run_id: str, directory: str | os.PathLike[str], *, tracking_uri: str | None = None) -> Path:
     """A checkpoint folder rebuilt from an MLflow run's ``checkpoints/`` artifacts (see
     `MlflowMirror`): ``run.json``, ``history.jsonl`` and the newest slot that loads, as
-    ``ckpt-<batch>.pt``. Returns the folder, ready for ``resume``."""
+    ``ckpt-<batch>.json``. Returns the folder, ready for ``resume``."""
     import shutil
     import tempfile
 
-    import torch
     from mlflow.tracking import MlflowClient
 
     from tideflow.pipelines.tracking import default_tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
     out = Path(directory)
-    if out.is_dir() and any(out.glob("ckpt-*.pt")):
+    if out.is_dir() and any(out.glob("ckpt-*.json")):
         raise FileExistsError(f"{out} already holds checkpoints (of a resumed run?): download into an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,17 +275,17 @@ def download(run_id: str, directory: str | os.PathLike[str], *, tracking_uri: st
             raise FileNotFoundError(f"MLflow run {run_id} has no {ARTIFACT_DIR}/ artifacts "
                                     f"(was it run with checkpoints to MLflow?): {exc}") from exc
         best: tuple[int, Path] | None = None
-        for slot in sorted(got.glob("slot-*.pt")):
+        for slot in sorted(got.glob("slot-*.json")):
             try:
-                doc = torch.load(slot, weights_only=True, map_location="cpu")
-                seq = int(doc["seq"]) if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+                doc = _load_doc(slot)
+                seq = int(doc["seq"]) if doc.get("format") == FORMAT else None
             except Exception:  # noqa: BLE001 - an upload cut short: the other slot holds the previous one
                 seq = None
             if seq is not None and (best is None or seq > best[0]):
                 best = (seq, slot)
         if best is None:
             raise FileNotFoundError(f"MLflow run {run_id}: no loadable checkpoint in {ARTIFACT_DIR}/")
-        shutil.copyfile(best[1], out / f"ckpt-{best[0]:012d}.pt")
+        shutil.copyfile(best[1], out / f"ckpt-{best[0]:012d}.json")
         if (got / "run.json").exists():
             shutil.copyfile(got / "run.json", out / "run.json")
         lines = []
@@ -297,3 +294,27 @@ def download(run_id: str, directory: str | os.PathLike[str], *, tracking_uri: st
                 lines.append(chunk.read_text())
         _atomic_write(out / "history.jsonl", "".join(lines).encode())
     return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray)):
+        return {"__b64__": base64.b64encode(bytes(obj)).decode("ascii")}
+    raise TypeError(f"a checkpoint holds plain data only, not {type(obj).__name__} (tensors travel sealed)")
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, default=_json_default, separators=(",", ":")).encode()
+
+
+def _load_doc(path: Path) -> dict[str, Any]:
+    """A checkpoint file's document; anything but a JSON object is not a tideflow checkpoint."""
+    def hook(d: dict[str, Any]) -> Any:
+        return base64.b64decode(d["__b64__"]) if len(d) == 1 and "__b64__" in d else d
+
+    try:
+        doc = json.loads(path.read_bytes(), object_hook=hook)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointMismatch(f"{path} is not a tideflow checkpoint (not a JSON document: {exc})") from None
+    if not isinstance(doc, dict):
+        raise CheckpointMismatch(f"{path} is not a tideflow checkpoint")
+    return doc
