@@ -160,11 +160,9 @@ class NatsJetStreamSource(BrokerSource):
         self._sub = await self._js.pull_subscribe_bind(self.durable, stream=self.stream)
 
     async def _afetch(self, n: int) -> list[Any]:
-        import nats.errors
-
         try:
             return await self._sub.fetch(n, timeout=self.fetch_timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, and the plain asyncio one some fetch paths raise
             return []
 
     def _ack(self, handles: list[Any]) -> None:
