@@ -283,7 +283,7 @@ def worker(name: str, device: str, scale: float) -> dict[str, Any]:
     strategy = build(device if gpu else "cpu")
     strategy.bind(schema)
     target = strategy.target
-    task = strategy.task
+    task = strategy.problem
 
     learn_s: list[float] = []
     predict_s: list[float] = []

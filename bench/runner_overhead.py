@@ -122,7 +122,7 @@ def run_plain(path: Path, batch_size: int, max_batches: int | None) -> dict[str,
     chain = [s.op for s in graph.chain]
     strategy = graph.learners[0].op
     target = strategy.target
-    task = strategy.task
+    task = strategy.problem
     total = Scores()
     rows = 0
     drift = 0

@@ -153,7 +153,7 @@ class Learner:
         self.accept_events_from = accept_events_from
         self.label_delay = label_delay
         self.keep_predictions = keep_predictions
-        self.task = strategy.task
+        self.problem = strategy.problem
         self.instances: dict[Any, Strategy] = {}
         self.detectors: dict[Any, RiverDetector] = {}
         self._pending: deque[tuple[int, Any, Batch]] = deque()
@@ -208,7 +208,7 @@ class Learner:
                                      f"{type(exc).__name__}: {exc}")
                 continue
             truth = part.numpy(self.template.target)
-            scores, errors = score(self.task, preds, truth)
+            scores, errors = score(self.problem, preds, truth)
             result.parts[k] = scores
             if self.keep_predictions:
                 result.predictions.append((part.offsets.tolist(), preds.to_pylist(), truth.tolist()))

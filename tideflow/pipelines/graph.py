@@ -178,7 +178,7 @@ class Graph:
             make_river_detector(s.detector, s.detector_params)  # an unknown name or a bad parameter
         except (ValueError, TypeError) as exc:
             raise GraphError(f"learn step {s.name!r}: error detector: {exc}") from exc
-        if ALIASES.get(s.detector, s.detector) in BINARY_DETECTORS and strategy.task != "classification":
+        if ALIASES.get(s.detector, s.detector) in BINARY_DETECTORS and strategy.problem != "classification":
             raise GraphError(f"learn step {s.name!r}: {s.detector} watches a 0/1 error (a classifier's mistakes); "
                              f"on the absolute error of a regression strategy use ADWIN, PageHinkley, KSWIN or "
                              f"PerformanceTrigger")

@@ -96,7 +96,7 @@ class Collector:
         self.tracker = tracker
         self.output_dir = output_dir
         self.progress = progress
-        self.tasks = {s.name: s.op.task for s in graph.learners}
+        self.problems = {s.name: s.op.problem for s in graph.learners}
         self.totals = {s.name: Scores() for s in graph.learners}
         self.compute = {s.name: {"samples": 0, "fits": 0, "train_seconds": 0.0} for s in graph.learners}
         self.extra: dict[str, dict[str, float]] = {s.name: {} for s in graph.learners}
@@ -211,7 +211,7 @@ class Collector:
             if not replay:
                 self.tracker.log_metrics(None, {f"drift.{e.step}": float(e.offset)}, step=seq)
         for name, res in results.items():
-            task = self.tasks[name]
+            task = self.problems[name]
             batch_scores = res.combined()
             self.totals[name].add(batch_scores)
             self._window[name].add(batch_scores)
@@ -258,8 +258,8 @@ class Collector:
             self._cuts.add(seq)
             self.tracker.log_metrics(None, self._window_parent, step=seq)
         self._window_parent = {}
-        for name in self.tasks:
-            task = self.tasks[name]
+        for name in self.problems:
+            task = self.problems[name]
             c = self.compute[name]
             metrics = {k: float(v) for k, v in self._window[name].metrics(task).items()}
             self._window[name] = Scores()
@@ -306,7 +306,7 @@ class Collector:
             order = np.argsort(offsets, kind="stable")
             preds = np.concatenate([np.asarray(p[1], dtype=object) for p in parts])[order]
             truth = np.concatenate([np.asarray(p[2], dtype=object) for p in parts])[order]
-            if self.tasks[name] == "regression":
+            if self.problems[name] == "regression":
                 preds, truth = preds.astype(float), truth.astype(float)
             out[name] = {"offset": offsets[order], "prediction": preds, "truth": truth}
         return out
@@ -318,8 +318,8 @@ class Collector:
             events = sum(1 for e in self.events if e.step == name)
             out[name] = {
                 "strategy": s.describe(),
-                "task": self.tasks[name],
-                **self.totals[name].metrics(self.tasks[name]),
+                "problem": self.problems[name],
+                **self.totals[name].metrics(self.problems[name]),
                 "samples_trained": self.compute[name]["samples"],
                 "fits": self.compute[name]["fits"],
                 "train_seconds": round(self.compute[name]["train_seconds"], 4),
@@ -633,12 +633,12 @@ def print_summary_table(result: RunResult) -> None:
 
     table = Table(title=f"{result.pipeline} on the {result.runner} runner: {result.rows} events, "
                         f"{result.batches} batches, {result.seconds:.1f} s ({result.events_per_second:,.0f} events/s)")
-    for col in ("strategy", "task", "rows scored", "accuracy", "MAE", "RMSE", "MAPE %", "trained on", "fits",
+    for col in ("strategy", "problem", "rows scored", "accuracy", "MAE", "RMSE", "MAPE %", "trained on", "fits",
                 "train s", "drift (error)"):
-        table.add_column(col, justify="left" if col in ("strategy", "task") else "right")
+        table.add_column(col, justify="left" if col in ("strategy", "problem") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for name, s in result.summary.items():
-        table.add_row(name, s["task"], str(s["rows_scored"]), fmt(s.get("accuracy")), fmt(s.get("mae")),
+        table.add_row(name, s["problem"], str(s["rows_scored"]), fmt(s.get("accuracy")), fmt(s.get("mae")),
                       fmt(s.get("rmse")), fmt(s.get("mape")), str(s["samples_trained"]), str(s["fits"]), f"{s['train_seconds']:.2f}",
                       str(s["error_drift_events"]))
     # a pipe or CI log is not a terminal: rich would wrap the table at 80 columns

@@ -84,7 +84,7 @@ class AvalancheStrategy(Strategy):
         device: ``"auto"`` (CUDA when this process has a GPU), ``"cpu"`` or ``"cuda"``.
     """
 
-    task = "classification"
+    problem = "classification"
 
     def __init__(
         self,

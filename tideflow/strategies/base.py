@@ -53,8 +53,9 @@ class Strategy(Operator):
 
     kind = "strategy"
     checkable = False
-    #: "regression" or "classification": picks the prequential metrics
-    task: ClassVar[str] = "regression"
+    #: "regression" or "classification": picks the prequential metrics (not the task of a
+    #: task-incremental stream, which is the schema's ``task`` role)
+    problem: ClassVar[str] = "regression"
 
     target: str | None
     features: list[str] | None
@@ -71,7 +72,7 @@ class Strategy(Operator):
                 f"{type(self).__name__}: target column {self.target!r} is not in the schema ({schema.names})"
             )
         target_type = schema.fields[self.target].type
-        if self.task == "classification" and (pa.types.is_floating(target_type) or is_tensor_type(target_type)):
+        if self.problem == "classification" and (pa.types.is_floating(target_type) or is_tensor_type(target_type)):
             raise SchemaError(
                 f"{type(self).__name__} is a classifier but target {self.target!r} is {target_type}; "
                 "classification needs integer, boolean or string labels"

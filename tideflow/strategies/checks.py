@@ -32,7 +32,7 @@ seeded from the OS that are never drawn from (River's tree leaves do).
 
 Each check builds its strategies with ``cls(**cls._unit_test_params())`` and binds
 them to ``Schema({"x0": "float64", "x1": "float64", "y": ...}, target="y")``,
-where ``y`` is float64 when the instance's ``task`` is ``"regression"`` and int64
+where ``y`` is float64 when the instance's ``problem`` is ``"regression"`` and int64
 (0/1) when it is ``"classification"``. Override ``_unit_test_params`` when the
 constructor has required arguments (``AvalancheStrategy`` needs ``n_classes``)
 or to keep the checks fast (a small hidden layer). The check stream
@@ -79,9 +79,9 @@ FEATURES = ("x0", "x1")
 TARGET = "y"
 
 
-def check_schema(task: str) -> Schema:
-    """The schema the checks bind a strategy of ``task`` to."""
-    y = "int64" if task == "classification" else "float64"
+def check_schema(problem: str) -> Schema:
+    """The schema the checks bind a strategy of ``problem`` ("regression" or "classification") to."""
+    y = "int64" if problem == "classification" else "float64"
     return Schema({"x0": "float64", "x1": "float64", TARGET: y}, target=TARGET)
 
 
@@ -89,17 +89,17 @@ def check_schema(task: str) -> Schema:
 class _Setup:
     cls: type[Strategy]
     params: dict[str, Any]
-    task: str
+    problem: str
     seed: int
     n_batches: int = 4
 
     def make(self) -> Strategy:
         strategy = self.cls(**self.params)
-        strategy.bind(check_schema(self.task))
+        strategy.bind(check_schema(self.problem))
         return strategy
 
     def stream(self) -> list[Batch]:
-        return check_stream(self.task, self.n_batches, self.seed, features=FEATURES)
+        return check_stream(self.problem, self.n_batches, self.seed, features=FEATURES)
 
 
 def _predictions(strategy: Strategy, stream: list[Batch]) -> list[pa.Array]:
@@ -141,7 +141,7 @@ def check_predict_returns_array(setup: _Setup) -> None:
     strategy = setup.make()
     stream = setup.stream()
     # labels are 0/1 for classification; River's binary classifiers answer True/False
-    kinds = (pa.types.is_integer, pa.types.is_boolean) if setup.task == "classification" else (
+    kinds = (pa.types.is_integer, pa.types.is_boolean) if setup.problem == "classification" else (
         pa.types.is_floating,
     )
     for i, batch in enumerate(stream):
@@ -155,7 +155,7 @@ def check_predict_returns_array(setup: _Setup) -> None:
             )
             if i or when == "after learning":  # an unfitted model may have nothing to say yet
                 assert any(is_kind(preds.type) for is_kind in kinds), (
-                    f"a {setup.task} strategy predicted {preds.type} values ({when})"
+                    f"a {setup.problem} strategy predicted {preds.type} values ({when})"
                 )
             unlabelled = batch.select(FEATURES)
             where = f"predict on batch {i} without the target ({when})"
@@ -311,7 +311,7 @@ def check_clone_is_fresh(setup: _Setup) -> None:
     clone = strategy.clone()
     assert type(clone) is setup.cls and clone is not strategy, "clone() must build a new instance"
     assert_same(clone.params(), strategy.params(), "clone().params()")
-    clone.bind(check_schema(setup.task))
+    clone.bind(check_schema(setup.problem))
     unfitted = setup.make()
     _assert_same_bookkeeping(clone.snapshot(), unfitted.snapshot(), "clone() vs an unfitted one")
     assert_same(
@@ -377,17 +377,17 @@ def yield_strategy_checks(
 ) -> Iterator[Callable[[], None]]:
     """Yield the strategy checks for ``strategy_cls`` (see module docstring).
 
-    The instance's ``task`` (read from one built with ``_unit_test_params()``,
+    The instance's ``problem`` (read from one built with ``_unit_test_params()``,
     since adapters such as `RiverStrategy` decide it from their estimator) picks
     the check schema.
     """
     params = strategy_cls._unit_test_params()
-    task = strategy_cls(**params).task
-    if task not in ("regression", "classification"):
+    problem = strategy_cls(**params).problem
+    if problem not in ("regression", "classification"):
         raise ValueError(
-            f"{strategy_cls.__name__}.task is {task!r}; expected 'regression' or 'classification'"
+            f"{strategy_cls.__name__}.problem is {problem!r}; expected 'regression' or 'classification'"
         )
-    setup = _Setup(strategy_cls, params, task, seed)
+    setup = _Setup(strategy_cls, params, problem, seed)
     for check in STRATEGY_CHECKS:
         yield named_check(check, setup)
 

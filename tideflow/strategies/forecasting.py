@@ -229,7 +229,7 @@ class WindowForecaster(Strategy):
     """
 
     checkable = False
-    task: ClassVar[str] = "regression"
+    problem: ClassVar[str] = "regression"
 
     def __init__(
         self,

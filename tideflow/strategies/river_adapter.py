@@ -50,7 +50,7 @@ class RiverStrategy(Strategy):
         self.target = target
         self.features = list(features) if features is not None else None
         self._model = estimator.clone()
-        self.task = "classification" if _is_classifier(estimator) else "regression"  # type: ignore[misc]
+        self.problem = "classification" if _is_classifier(estimator) else "regression"  # type: ignore[misc]
         self.n_learned = 0
 
     @classmethod
@@ -87,11 +87,11 @@ class RiverStrategy(Strategy):
 
     def predict(self, batch: Batch) -> pa.Array:
         if not len(batch):
-            return pa.array([], type=pa.int64() if self.task == "classification" else pa.float64())
+            return pa.array([], type=pa.int64() if self.problem == "classification" else pa.float64())
         self._check_columns(batch, need_target=False)
         predict_one = self._model.predict_one
         preds = [predict_one(x) for x in self._rows(batch)]
-        if self.task == "classification":
+        if self.problem == "classification":
             return pa.array(preds)
         return pa.array([float(p) if p is not None else 0.0 for p in preds], type=pa.float64())
 
