@@ -14,85 +14,47 @@ abruptly: that is the concept drift studied in
 The paper used the Euro28 topology and a sum-of-sines generator whose
 parameters follow the nodes' economic/population characteristics; its exact
 generator, parameters and choice of the affected link are not known to us
-(see ``/work/shared/specs/liquid.md``). Everything below is our
+(see ``docs/methods/liquid.md``). Everything below is our
 reconstruction, stated so that results can be read against it.
 
 Modelling choices
 -----------------
-Topology
-    ``topohub`` graphs (``"abilene"`` = ``sndlib/abilene``, ``"geant"`` =
-    ``sndlib/geant``, or any ``"group/name"`` key such as ``"topozoo/Abilene"``),
-    built with ``networkx.node_link_graph``. Physical links are undirected.
-    With ``directed=True`` (default) each direction is its own link, as
-    interface counters see it: id ``"u-v"`` is the load from node ``u`` to
-    ``v``. With ``directed=False`` a link's load is the sum of both directions.
-    Node ids are topohub's integer ids (``use_names=False``).
-Base demands
-    SNDlib graphs carry their published demand matrix (``graph["demands"]``,
-    src -> dst -> volume, in SNDlib's units): used as is. Graphs without one
-    (Topology Zoo) get a gravity model: ``d_ij ∝ w_i w_j`` (i != j) with node
-    weight ``w_i = degree_i × lognormal(0, 0.5)`` drawn from the seed (a
-    population-like spread), scaled so that all demands sum to
-    ``gravity_total``. ``demands="auto" | "sndlib" | "gravity"`` picks.
-Traffic over time (per OD pair p, t in days from 2024-01-01 00:00 UTC, a Monday)
-    ``d_p(t) = base_p × daily_p(t) × weekly_p(t) × (1 + growth·t) × noise_p(t)``
+This module is the stream (`LinkLoadSource`); the model behind it lives in
+three modules, whose docstrings state each choice in full:
 
-    * ``daily_p(t) = 1 + a1 sin(2πt + φ1) + a2 sin(4πt + φ2)`` with
-      ``a1 ~ U(0.25, 0.45)``, ``a2 ~ U(0.05, 0.15)``, ``φ2 ~ U(0, 2π)``; ``φ1``
-      puts the first harmonic's peak at a local hour drawn from ``N(19, 1.5)``
-      (evening peak of Internet traffic), where local time is UTC shifted by
-      the mean longitude of the two end nodes / 15 h (nodes' ``pos``; 0 if
-      absent), so that US and European networks peak at their own evenings.
-    * ``weekly_p(t) = 1 + b sin(2πt/7 + ψ)``, ``b ~ U(0.05, 0.15)``, ``ψ`` puts
-      the trough on Saturday noon (jitter ``N(0, 0.2)`` rad): weekends are
-      quieter.
-    * ``growth`` is a linear trend per day (default 0: no trend).
-    * ``noise_p(t) = exp(σ z − σ²/2)``, ``z ~ N(0, 1)`` independent per pair
-      and step (mean-one lognormal, ``σ = noise``, default 0.1). The noise of
-      step ``s`` comes from ``numpy.random.default_rng([seed, 1, s])``, so any
-      step is generated on its own: ``seek`` is exact and costs nothing.
-
-    All profile parameters are drawn once per pair from ``default_rng([seed, 2])``.
-Routing
-    Destination-based shortest paths as a link-state IGP computes them:
-    weights are the edge attribute ``dist`` (km in topohub; also ``length`` or
-    ``distance``) when every edge has it (``routing="auto"``), else hop count
-    (``routing="hops"``). ``ecmp=True`` splits traffic evenly over the equal-cost
-    next hops at every node (per-hop ECMP, as routers do); ``ecmp=False``
-    (default) takes the next hop with the lowest node index, a deterministic
-    single path. Loads are offered loads: no congestion, loss or TCP reaction
-    is modelled, so utilisation may exceed 1 after a failure.
-Failures
-    Events fail a physical link (both directions) or a node (its links, and
-    its own demands) from ``day`` until ``repair_day`` (None: never repaired).
-    At each step the traffic is routed over the graph minus what is failed at
-    that step; routing is computed once per failure state and cached. Demands
-    with no path left are not lost silently: the ``dropped_demand`` column
-    holds the total unroutable demand of the step and ``metadata()`` lists the
-    unroutable pairs of each state. A failed link has load 0 and ``failed=True``.
-Scenarios and the target link
-    The shift of a link is ``rho = (mean load after − mean load before) /
-    mean load before``, computed from the noiseless demands routed over the
-    network: before = steps ``[0, failure)``, after = steps from the failure
-    to the next change (repair or end). For ``"drastic"`` / ``"moderate"`` a
-    single link failure at ``failure_day`` (default ``0.75 × days``: day 18 of
-    the default 24 days of 15-minute steps, the setting of our first
-    reconstruction in ``liquid.md``, not known from the paper) is chosen
-    jointly with the target: over every physical link whose failure keeps the
-    graph connected
-    (non-bridges) and every surviving link that receives re-routed traffic
-    (its load at mean demand grows because of the new routing), the pair whose
-    ``rho`` is closest to ``drastic_rho`` (0.8) or ``moderate_rho`` (0.2) wins;
-    exact ties are broken by a seed-drawn order. ``"none"`` fails nothing and
-    targets the busiest link (its ``rho`` then measures the drift of the
-    profiles alone across ``failure_day``). ``failed_link=``, ``target=`` and
-    ``failures=[...]`` override the choice.
+Topology and routing (`tideflow.connectors.linkload_topology`)
+    ``topohub`` graphs (``"abilene"``, ``"geant"`` or any topohub key such as
+    ``"topozoo/Abilene"``); with ``directed=True`` (default) each direction is
+    its own link ``"u-v"``. Destination-based shortest paths by distance
+    (``routing="auto"``) or hop count, single path (``ecmp=False``, default)
+    or per-hop ECMP. Loads are offered loads: no congestion, loss or TCP
+    reaction is modelled, so utilisation may exceed 1 after a failure.
+Traffic (`tideflow.connectors.linkload_traffic`)
+    SNDlib's published demand matrix, or a gravity model
+    (``demands="auto" | "sndlib" | "gravity"``); per OD pair, daily and weekly
+    sine profiles peaking in the local evening, a linear ``growth`` per day
+    (default 0) and mean-one lognormal ``noise`` (default 0.1). Time starts
+    2024-01-01 00:00 UTC, a Monday (`START`). Each step's noise depends on the
+    seed and that step alone, so ``seek`` is exact and costs nothing.
+Failures and the target (`tideflow.connectors.linkload_failures`)
+    Events fail a link or a node from ``day`` until ``repair_day``; traffic is
+    re-routed in every failure state. The ``dropped_demand`` column holds the
+    total unroutable demand of the step and ``metadata()["failure_states"]``
+    lists the unroutable pairs of each state; a failed link has load 0 and
+    ``failed=True``. For ``"drastic"`` / ``"moderate"`` one non-bridge link
+    failure at ``failure_day`` (default ``0.75 × days``: day 18 of the default
+    24 days of 15-minute steps, the setting of our first reconstruction in
+    ``docs/methods/liquid.md``, not known from the paper) is chosen jointly
+    with the target, so that the target's shift ``rho`` (mean load after /
+    before − 1, noiseless) is closest to ``drastic_rho`` (0.8) or
+    ``moderate_rho`` (0.2). ``"none"`` fails nothing and targets the busiest
+    link. ``failed_link=``, ``target=`` and ``failures=[...]`` override the choice.
 Capacity
     From the topology's ``capacity`` edge attribute when every edge has one
     (topohub's graphs do not). Otherwise ``capacity_factor`` (1.5) × the
     link's peak noiseless load over the whole horizon in the intact network
     (links dimensioned for normal operation); a link that carries nothing
-    then gets 1.5 × the median of the others' peaks.
+    then gets ``capacity_factor`` × the median of the others' peaks.
 
 Output rows
     ``link`` (id), ``timestamp`` (timestamp[s], UTC), ``step``, ``load`` (the
@@ -123,9 +85,6 @@ graphs (up to about 100 nodes).
 
 from __future__ import annotations
 
-import functools
-import heapq
-import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Sequence
 
@@ -133,6 +92,13 @@ import numpy as np
 import pyarrow as pa
 
 from tideflow.connectors.base import RowIndexedSource, as_bool
+from tideflow.connectors.linkload_failures import FailurePlan, parse_event
+from tideflow.connectors.linkload_topology import (
+    SHORT_NAMES,  # noqa: F401 (re-exported)
+    Network,
+    topology_key,
+)
+from tideflow.connectors.linkload_traffic import Traffic
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
 
@@ -140,192 +106,7 @@ START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 """Time of step 0 (a Monday)."""
 
 SCENARIOS = ("drastic", "moderate", "none")
-SHORT_NAMES = {"abilene": "sndlib/abilene", "geant": "sndlib/geant"}
 TIMESTAMP = pa.timestamp("s", tz="UTC")
-
-# seed-sequence tags: one independent random stream per purpose
-_NOISE, _PROFILE, _GRAVITY, _TIEBREAK = 1, 2, 3, 4
-
-
-# -- topology -----------------------------------------------------------------------------
-def topology_key(topology: str) -> str:
-    """The topohub key of a topology name (``abilene`` -> ``sndlib/abilene``)."""
-    if "/" in topology:
-        return topology
-    return SHORT_NAMES.get(topology.lower(), f"sndlib/{topology.lower()}")
-
-
-@functools.lru_cache(maxsize=32)
-def _graph(key: str) -> Any:
-    import networkx as nx
-    import topohub
-
-    try:
-        data = topohub.get(key)
-    except KeyError:
-        raise ValueError(f"unknown topology {key!r}: give a topohub key such as 'sndlib/abilene' "
-                         "or 'topozoo/Abilene'") from None
-    graph = nx.node_link_graph(data, edges="edges")
-    if graph.is_directed() or graph.is_multigraph():
-        graph = nx.Graph(graph)
-    return graph
-
-
-class _Network:
-    """A topology's links, weights and a router: plain arrays, no networkx after build."""
-
-    def __init__(self, key: str, routing: str, ecmp: bool, directed: bool) -> None:
-        import networkx as nx
-
-        g = _graph(key)
-        if g.number_of_nodes() < 2 or not nx.is_connected(g):
-            raise ValueError(f"topology {key!r} must be a connected graph with at least 2 nodes")
-        self.graph = g
-        self.nodes = list(g.nodes)
-        self.index = {n: i for i, n in enumerate(self.nodes)}
-        self.by_name = {str(n): i for i, n in enumerate(self.nodes)}
-        self.edges = [(self.index[u], self.index[v]) for u, v in g.edges]
-        attrs = [d for _, _, d in g.edges(data=True)]
-        weight_attr = next((a for a in ("dist", "length", "distance")
-                            if all(isinstance(d.get(a), (int, float)) for d in attrs)), None)
-        if routing == "auto":
-            routing = "dist" if weight_attr else "hops"
-        if routing == "dist":
-            if weight_attr is None:
-                raise ValueError(f"topology {key!r} has no edge distances: use routing='hops'")
-            w = np.array([float(d[weight_attr]) for d in attrs])
-            self.weights = np.maximum(w, 1e-9 * max(float(w.max()), 1.0))
-        elif routing == "hops":
-            self.weights = np.ones(len(self.edges))
-        else:
-            raise ValueError(f"routing must be 'auto', 'dist' or 'hops', got {routing!r}")
-        self.routing = routing
-        self.ecmp = ecmp
-        self.directed = directed
-        has_capacity = all(isinstance(d.get("capacity"), (int, float)) for d in attrs)
-        self.capacities = np.array([float(d["capacity"]) for d in attrs]) if has_capacity else None
-        name = [str(n) for n in self.nodes]
-        self.link_edge: list[int] = []
-        self.link_ids: list[str] = []
-        self.link_of: dict[tuple[int, int], int] = {}
-        for e, (u, v) in enumerate(self.edges):
-            if directed:
-                for a, b in ((u, v), (v, u)):
-                    self.link_of[(a, b)] = len(self.link_ids)
-                    self.link_ids.append(f"{name[a]}-{name[b]}")
-                    self.link_edge.append(e)
-            else:
-                self.link_of[(u, v)] = self.link_of[(v, u)] = len(self.link_ids)
-                self.link_ids.append(f"{name[u]}-{name[v]}")
-                self.link_edge.append(e)
-        self.link_edge_arr = np.array(self.link_edge)
-        self.edge_of = {(u, v): e for e, (u, v) in enumerate(self.edges)}
-        self.edge_of.update({(v, u): e for e, (u, v) in enumerate(self.edges)})
-        self.bridges = {self.edge_of[(self.index[u], self.index[v])] for u, v in nx.bridges(g)}
-
-    # -- names ------------------------------------------------------------------------
-    def node(self, name: Any) -> int:
-        try:
-            return self.by_name[str(name)]
-        except KeyError:
-            raise ValueError(f"unknown node {name!r}; nodes: {sorted(self.by_name)}") from None
-
-    def _ends(self, link: Any) -> tuple[int, int]:
-        if isinstance(link, str):
-            parts = link.split("-")
-            if len(parts) != 2:
-                raise ValueError(f"a link id is 'u-v' (node ids), got {link!r}")
-        elif isinstance(link, (tuple, list)) and len(link) == 2:
-            parts = list(link)
-        else:
-            raise ValueError(f"a link is 'u-v' or (u, v), got {link!r}")
-        return self.node(parts[0]), self.node(parts[1])
-
-    def edge(self, link: Any) -> int:
-        """Index of the physical link named ``link`` (either orientation)."""
-        ends = self._ends(link)
-        if ends not in self.edge_of:
-            raise ValueError(f"no link {link!r} in the topology; links: {self.edge_ids()}")
-        return self.edge_of[ends]
-
-    def link(self, link: Any) -> int:
-        """Index of the (directed, when ``directed``) link named ``link``."""
-        ends = self._ends(link)
-        if ends not in self.link_of:
-            raise ValueError(f"no link {link!r} in the topology; links: {self.link_ids}")
-        return self.link_of[ends]
-
-    def edge_id(self, e: int) -> str:
-        u, v = self.edges[e]
-        return f"{self.nodes[u]}-{self.nodes[v]}"
-
-    def edge_ids(self) -> list[str]:
-        return [self.edge_id(e) for e in range(len(self.edges))]
-
-    def failed_links(self, failed_nodes: frozenset[int],
-                     failed_edges: frozenset[int]) -> np.ndarray:
-        down = np.array([e in failed_edges or u in failed_nodes or v in failed_nodes
-                         for e, (u, v) in enumerate(self.edges)], dtype=bool)
-        return down[self.link_edge_arr]
-
-    # -- routing ----------------------------------------------------------------------
-    def route(self, src: np.ndarray, dst: np.ndarray, failed_nodes: frozenset[int] = frozenset(),
-              failed_edges: frozenset[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
-        """Routing matrix ``R`` (links × pairs: share of pair p's traffic on link l) and the
-        mask of pairs left without a path, on the graph minus the failed elements."""
-        n = len(self.nodes)
-        adj: list[list[tuple[int, float, int]]] = [[] for _ in range(n)]
-        for e, (u, v) in enumerate(self.edges):
-            if e in failed_edges or u in failed_nodes or v in failed_nodes:
-                continue
-            w = float(self.weights[e])
-            adj[u].append((v, w, self.link_of[(u, v)]))
-            adj[v].append((u, w, self.link_of[(v, u)]))
-        for a in adj:
-            a.sort()
-        routing = np.zeros((len(self.link_ids), len(src)))
-        routable = np.zeros(len(src), dtype=bool)
-        for t in np.unique(dst):
-            t = int(t)
-            if t in failed_nodes:
-                continue
-            cols = np.flatnonzero(dst == t)
-            dist = _dijkstra(adj, t)
-            reach = [u for u in range(n) if math.isfinite(dist[u]) and u != t]
-            # F[u, s]: share of source s's traffic (towards t) that passes through u; nodes
-            # are handled farthest first, so all of u's inflow has arrived when u splits it
-            flow = np.zeros((n, n))
-            flow[reach, reach] = 1.0
-            on_link = np.zeros((len(self.link_ids), n))
-            for u in sorted(reach, key=lambda x: (-dist[x], x)):
-                tol = 1e-9 * (1.0 + dist[u])
-                hops = [(v, li) for v, w, li in adj[u] if abs(w + dist[v] - dist[u]) <= tol]
-                if not self.ecmp:
-                    hops = hops[:1]
-                share = flow[u] / len(hops)
-                for v, li in hops:
-                    on_link[li] += share
-                    flow[v] += share
-            sources = src[cols]
-            routing[:, cols] = on_link[:, sources]
-            routable[cols] = np.isfinite(dist[sources]) & (sources != t)
-        return routing, ~routable
-
-
-def _dijkstra(adj: list[list[tuple[int, float, int]]], source: int) -> np.ndarray:
-    dist = np.full(len(adj), np.inf)
-    dist[source] = 0.0
-    heap = [(0.0, source)]
-    while heap:
-        d, u = heapq.heappop(heap)
-        if d > dist[u]:
-            continue
-        for v, w, _ in adj[u]:
-            nd = d + w
-            if nd < dist[v]:
-                dist[v] = nd
-                heapq.heappush(heap, (nd, v))
-    return dist
 
 
 # -- the source ---------------------------------------------------------------------------
@@ -402,259 +183,47 @@ class LinkLoadSource(RowIndexedSource):
         self.moderate_rho = float(moderate_rho)
         self.stream_id = f"linkload-{self.topology.replace('/', '-')}-{scenario}-s{self.seed}"
 
-        self.net = _Network(topology_key(self.topology), routing, self.ecmp, self.directed)
-        self._init_demands()
-        self._noiseless_all = self._noiseless(np.arange(self.num_steps))
-        self.failure_step = self._step_at(self.failure_day)
+        self.net = Network(topology_key(self.topology), routing, self.ecmp, self.directed)
+        self.traffic = Traffic(self.net, demands, topology=self.topology, seed=self.seed,
+                               gravity_total=self.gravity_total,
+                               steps_per_day=self.steps_per_day, noise=self.noise,
+                               growth=self.growth)
+        # every step's noiseless demands: read to size links and choose the failure, not kept
+        noiseless = self.traffic.noiseless(np.arange(self.num_steps))
         self._failures_given = failures is not None
-        self.failures: list[dict[str, Any]] | None = (
-            [self._event(f) for f in failures] if failures is not None else None)
-        self._intact = self.net.route(self.src, self.dst)
-        self._init_capacity()
-        self._choose(scenario)
-        self._init_states()
+        given = ([parse_event(self.net, f, self.failure_day) for f in failures]
+                 if failures is not None else None)
+        intact = self.net.route(self.traffic.src, self.traffic.dst)
+        self._init_capacity(intact, noiseless)
+        self.plan = FailurePlan(
+            self.net, self.traffic, intact, noiseless, num_steps=self.num_steps,
+            steps_per_day=self.steps_per_day, days=self.days, seed=self.seed, scenario=scenario,
+            goal=self._goal(), failure_day=self.failure_day, repair_day=self.repair_day,
+            failed_link=failed_link, target=target, failures=given)
         self._init_links(links)
-        del self._noiseless_all
         self._arrow_schema = self.schema().arrow_schema()
         self._next = 0
 
     # -- construction ---------------------------------------------------------------
-    def _init_demands(self) -> None:
-        net = self.net
-        raw = net.graph.graph.get("demands") or {}
-        model = self.demand_model
-        if model not in ("auto", "sndlib", "gravity"):
-            raise ValueError(f"demands must be 'auto', 'sndlib' or 'gravity', got {model!r}")
-        if model == "sndlib" and not raw:
-            raise ValueError(f"topology {self.topology!r} has no demand matrix: "
-                             "use demands='gravity'")
-        n = len(net.nodes)
-        matrix = np.zeros((n, n))
-        if model != "gravity" and raw:
-            model = "sndlib"
-            for s, row in raw.items():
-                for d, volume in row.items():
-                    matrix[net.node(s), net.node(d)] += float(volume)
-        else:
-            model = "gravity"
-            rng = np.random.default_rng([self.seed, _GRAVITY])
-            degree = np.array([net.graph.degree(v) for v in net.nodes], dtype=float)
-            weight = degree * rng.lognormal(0.0, 0.5, size=n)
-            matrix = np.outer(weight, weight)
-        np.fill_diagonal(matrix, 0.0)
-        if model == "gravity":
-            matrix *= self.gravity_total / matrix.sum()
-        self.demand_source = model
-        self.src, self.dst = (a.astype(np.int64) for a in np.nonzero(matrix > 0))
-        self.base = matrix[self.src, self.dst]
-        if not len(self.base):
-            raise ValueError(f"topology {self.topology!r} has no positive demand")
-
-        rng = np.random.default_rng([self.seed, _PROFILE])
-        p = len(self.base)
-        lon = np.array([float((net.graph.nodes[v].get("pos") or (0.0, 0.0))[0]) for v in net.nodes])
-        local_hours = (lon[self.src] + lon[self.dst]) / 2.0 / 15.0
-        self.a1 = rng.uniform(0.25, 0.45, p)
-        self.a2 = rng.uniform(0.05, 0.15, p)
-        peak_local = rng.normal(19.0, 1.5, p)
-        self.phi1 = np.pi / 2 - 2 * np.pi * (peak_local - local_hours) / 24.0
-        self.phi2 = rng.uniform(0.0, 2 * np.pi, p)
-        self.b = rng.uniform(0.05, 0.15, p)
-        self.psi = 1.5 * np.pi - 2 * np.pi * 5.5 / 7.0 + rng.normal(0.0, 0.2, p)
-
-    def _noiseless(self, steps: np.ndarray) -> np.ndarray:
-        """Noiseless demands, pairs × steps."""
-        t = steps.astype(float)[None, :] / self.steps_per_day
-        daily = (1.0 + self.a1[:, None] * np.sin(2 * np.pi * t + self.phi1[:, None])
-                 + self.a2[:, None] * np.sin(4 * np.pi * t + self.phi2[:, None]))
-        weekly = 1.0 + self.b[:, None] * np.sin(2 * np.pi * t / 7.0 + self.psi[:, None])
-        return self.base[:, None] * daily * weekly * (1.0 + self.growth * t)
-
-    def _demands(self, steps: np.ndarray) -> np.ndarray:
-        d = self._noiseless(steps)
-        if self.noise > 0:
-            sigma = self.noise
-            pairs = len(self.base)
-            z = np.stack([np.random.default_rng([self.seed, _NOISE, int(s)]).standard_normal(pairs)
-                          for s in steps], axis=1)
-            d = d * np.exp(sigma * z - sigma * sigma / 2.0)
-        return d
-
-    def _step_at(self, day: float) -> int:
-        # the first step at or after ``day`` (a tiny slack absorbs float error)
-        return min(max(int(math.ceil(day * self.steps_per_day - 1e-9)), 0), self.num_steps)
-
-    def _event(self, spec: Any) -> dict[str, Any]:
-        if isinstance(spec, dict):
-            if ("link" in spec) == ("node" in spec):
-                raise ValueError(f"a failure names one 'link' or one 'node': {spec!r}")
-            kind = "link" if "link" in spec else "node"
-            element, day = spec[kind], spec.get("day", self.failure_day)
-            repair = spec.get("repair_day")
-        elif isinstance(spec, (tuple, list)) and len(spec) in (2, 3):
-            element, day = spec[0], spec[1]
-            repair = spec[2] if len(spec) == 3 else None
-            kind = "link" if (isinstance(element, (tuple, list)) or
-                              (isinstance(element, str) and "-" in element)) else "node"
-        else:
-            raise ValueError(f"a failure is a dict or (element, day[, repair_day]), got {spec!r}")
-        if kind == "link":
-            name = self.net.edge_id(self.net.edge(element))
-        else:
-            name = str(self.net.nodes[self.net.node(element)])
-        if repair is not None and float(repair) <= float(day):
-            raise ValueError(f"repair_day must come after day in {spec!r}")
-        return {kind: name, "day": float(day),
-                "repair_day": None if repair is None else float(repair)}
-
-    def _init_capacity(self) -> None:
+    def _init_capacity(self, intact: tuple[np.ndarray, np.ndarray],
+                       noiseless: np.ndarray) -> None:
         if self.net.capacities is not None:
             self.capacity = self.net.capacities[self.net.link_edge_arr]
             self.capacity_source = "topology"
             return
-        peak = (self._intact[0] @ self._noiseless_all).max(axis=1)
+        peak = (intact[0] @ noiseless).max(axis=1)
         fallback = float(np.median(peak[peak > 0])) if (peak > 0).any() else 1.0
         self.capacity = self.capacity_factor * np.where(peak > 0, peak, fallback)
         self.capacity_source = f"{self.capacity_factor} x peak noiseless load, intact network"
 
-    def _state(self, events: list[dict[str, Any]],
-               step: int) -> tuple[frozenset[int], frozenset[int]]:
-        nodes, edges = set(), set()
-        for ev in events:
-            if self._step_at(ev["day"]) <= step < (self.num_steps if ev["repair_day"] is None
-                                                   else self._step_at(ev["repair_day"])):
-                if "link" in ev:
-                    edges.add(self.net.edge(ev["link"]))
-                else:
-                    nodes.add(self.net.node(ev["node"]))
-        return frozenset(nodes), frozenset(edges)
-
-    def _boundaries(self, events: list[dict[str, Any]]) -> list[int]:
-        cuts = {0, self.num_steps}
-        for ev in events:
-            cuts.add(self._step_at(ev["day"]))
-            if ev["repair_day"] is not None:
-                cuts.add(self._step_at(ev["repair_day"]))
-        return sorted(c for c in cuts if 0 <= c <= self.num_steps)
-
-    def _shifts(self, routing_after: np.ndarray, down: np.ndarray, before: np.ndarray,
-                after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every link's rho, and which links may be targets: up, loaded before, and
-        receiving re-routed traffic (their load at the mean demand grows with the new routing)."""
-        routing0 = self._intact[0]
-        load0 = routing0 @ before
-        per_load = np.where(load0 > 0, load0, np.inf)
-        rho = routing_after @ after / per_load - 1.0
-        moved = (routing_after - routing0) @ before / per_load
-        return rho, (~down) & (load0 > 0) & (moved > 1e-9)
-
     def _goal(self) -> float | None:
         return {"drastic": self.drastic_rho, "moderate": self.moderate_rho}.get(self.scenario)
-
-    def _mean_demands(self, start: int, split: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        noiseless = self._noiseless_all
-        return noiseless[:, start:split].mean(axis=1), noiseless[:, split:end].mean(axis=1)
-
-    def _choose(self, scenario: str) -> None:
-        """Fix the failure events, the target link and rho (see module docstring)."""
-        net = self.net
-        goal = self._goal()
-        target = None if self.target_arg is None else net.link(self.target_arg)
-        # exact ties (symmetric topologies) are broken by a seeded order, not by index
-        tiebreak = np.random.default_rng([self.seed, _TIEBREAK]).random(
-            (len(net.edges), len(net.link_ids)))
-        if self.failures is None and scenario != "none":
-            end = self.num_steps if self.repair_day is None else self._step_at(self.repair_day)
-            if not 0 < self.failure_step < self.num_steps:
-                raise ValueError(f"failure_day={self.failure_day} leaves no step before or after "
-                                 f"the failure in a {self.days}-day stream")
-            if end <= self.failure_step:
-                raise ValueError("repair_day must come after failure_day")
-            before, after = self._mean_demands(0, self.failure_step, end)
-            if self.failed_link_arg is not None:
-                candidates = [net.edge(self.failed_link_arg)]
-            else:  # failures that keep the graph connected
-                candidates = [e for e in range(len(net.edges)) if e not in net.bridges]
-            best: tuple[Any, ...] | None = None
-            for e in candidates:
-                failed = (frozenset(), frozenset([e]))
-                rho, ok = self._shifts(net.route(self.src, self.dst, *failed)[0],
-                                       net.failed_links(*failed), before, after)
-                if target is not None:
-                    ok &= np.arange(len(ok)) == target
-                for li in np.flatnonzero(ok):
-                    key = (round(abs(rho[li] - goal), 12), tiebreak[e, li], e, int(li))
-                    best = key if best is None or key < best else best
-            if best is None:
-                raise ValueError("no link receives re-routed traffic for the failures considered: "
-                                 "give failed_link= or target= explicitly")
-            target = best[3]
-            self.failures = [{"link": net.edge_id(best[2]), "day": self.failure_day,
-                              "repair_day": self.repair_day}]
-
-        events = self.failures or []
-        split = self._step_at(min(ev["day"] for ev in events)) if events else self.failure_step
-        self.split_step = split if events and split < self.num_steps else None
-        self.rho: float | None = None
-        self.rho_routing: float | None = None
-        if not 0 < split < self.num_steps:
-            if target is None:
-                target = int(np.argmax(self._intact[0] @ self._noiseless_all.mean(axis=1)))
-            self.target_index = int(target)
-            return
-        end = next(c for c in self._boundaries(events) if c > split)
-        before, after = self._mean_demands(0, split, end)
-        state = self._state(events, split)
-        routing_after = net.route(self.src, self.dst, *state)[0] if events else self._intact[0]
-        rho, ok = self._shifts(routing_after, net.failed_links(*state), before, after)
-        if target is None and (scenario == "none" or not events):
-            target = int(np.argmax(self._intact[0] @ self._noiseless_all.mean(axis=1)))
-        elif target is None:
-            if not ok.any():
-                raise ValueError("no link receives re-routed traffic after the first failure: "
-                                 "give target= explicitly")
-            first = net.edge(events[0]["link"]) if "link" in events[0] else 0
-            target = int(min(np.flatnonzero(ok),
-                             key=lambda li: (round(abs(rho[li] - goal), 12), tiebreak[first, li])))
-        self.target_index = int(target)
-        load0 = float((self._intact[0] @ before)[target])
-        if load0 > 0:
-            self.rho = float(rho[target])
-            self.rho_routing = float(((routing_after - self._intact[0]) @ before)[target]) / load0
-
-    def _init_states(self) -> None:
-        events = self.failures or []
-        cuts = self._boundaries(events)
-        self._state_of_step = np.zeros(self.num_steps, dtype=np.int64)
-        keys: list[tuple[frozenset[int], frozenset[int]]] = []
-        self._routing: list[np.ndarray] = []
-        self._unroutable: list[np.ndarray] = []
-        self._down: list[np.ndarray] = []
-        self.states: list[dict[str, Any]] = []
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            key = self._state(events, a)
-            if key not in keys:
-                keys.append(key)
-                routing, unroutable = (self._intact if key == (frozenset(), frozenset())
-                                       else self.net.route(self.src, self.dst, *key))
-                self._routing.append(routing)
-                self._unroutable.append(unroutable)
-                self._down.append(self.net.failed_links(*key))
-            sid = keys.index(key)
-            self._state_of_step[a:b] = sid
-            self.states.append({
-                "start_step": int(a), "end_step": int(b),
-                "failed_links": sorted(self.net.edge_id(e) for e in key[1]),
-                "failed_nodes": sorted(str(self.net.nodes[v]) for v in key[0]),
-                "unroutable_pairs": [f"{self.net.nodes[self.src[p]]}-{self.net.nodes[self.dst[p]]}"
-                                     for p in np.flatnonzero(self._unroutable[sid])],
-            })
 
     def _init_links(self, links: str | Sequence[str]) -> None:
         if isinstance(links, str) and links in ("target", "all"):
             self.links_arg: str | list[str] = links
             everything = list(range(len(self.net.link_ids)))
-            chosen = [self.target_index] if links == "target" else everything
+            chosen = [self.plan.target_index] if links == "target" else everything
         else:
             names = [s for s in links.split(";") if s] if isinstance(links, str) else list(links)
             chosen = [self.net.link(s) for s in names]
@@ -675,7 +244,7 @@ class LinkLoadSource(RowIndexedSource):
 
     @property
     def target_link(self) -> str:
-        return self.net.link_ids[self.target_index]
+        return self.net.link_ids[self.plan.target_index]
 
     @property
     def link_ids(self) -> list[str]:
@@ -686,12 +255,12 @@ class LinkLoadSource(RowIndexedSource):
     def od_pairs(self) -> list[tuple[str, str]]:
         """The (origin, destination) node ids of the demands, in the order of ``demand``."""
         name = [str(v) for v in self.net.nodes]
-        return [(name[s], name[d]) for s, d in zip(self.src, self.dst)]
+        return [(name[s], name[d]) for s, d in zip(self.traffic.src, self.traffic.dst)]
 
     def demand(self, steps: Sequence[int] | np.ndarray, *, noise: bool = True) -> np.ndarray:
         """The traffic of every OD pair at ``steps`` (pairs × steps), as offered to routing."""
         steps = np.asarray(steps, dtype=np.int64)
-        return self._demands(steps) if noise else self._noiseless(steps)
+        return self.traffic.sample(steps) if noise else self.traffic.noiseless(steps)
 
     def schema(self) -> Schema:
         return Schema({"link": "string", "timestamp": TIMESTAMP, "step": "int64", "load": "float64",
@@ -701,7 +270,7 @@ class LinkLoadSource(RowIndexedSource):
 
     def params(self) -> dict[str, Any]:
         # the scenario's chosen failure is not a constructor argument: only given ones are
-        failures = [dict(f) for f in self.failures or []] if self._failures_given else None
+        failures = [dict(f) for f in self.plan.failures or []] if self._failures_given else None
         links = self.links_arg if isinstance(self.links_arg, str) else list(self.links_arg)
         return {"topology": self.topology, "scenario": self.scenario, "seed": self.seed,
                 "days": self.days, "step_minutes": self.step_minutes,
@@ -715,7 +284,8 @@ class LinkLoadSource(RowIndexedSource):
                 "moderate_rho": self.moderate_rho}
 
     def metadata(self) -> dict[str, Any]:
-        failed = next(iter(self.failures or []), None)
+        plan = self.plan
+        failed = next(iter(plan.failures or []), None)
         failure_time = None
         if failed is not None:
             failure_time = (START + timedelta(days=failed["day"])).isoformat()
@@ -725,23 +295,23 @@ class LinkLoadSource(RowIndexedSource):
             "topohub_key": topology_key(self.topology),
             "nodes": len(self.net.nodes), "physical_links": len(self.net.edges),
             "link_ids": list(self.net.link_ids),
-            "demand_model": self.demand_source, "od_pairs": len(self.base),
-            "total_base_demand": float(self.base.sum()),
+            "demand_model": self.traffic.model, "od_pairs": len(self.traffic.base),
+            "total_base_demand": float(self.traffic.base.sum()),
             "routing_weight": self.net.routing,
             "capacity_source": self.capacity_source,
             "start": START.isoformat(), "num_steps": self.num_steps,
             "rows_per_step": self.rows_per_step, "num_rows": self.num_rows,
             "target_link": self.target_link,
-            "target_capacity": float(self.capacity[self.target_index]),
+            "target_capacity": float(self.capacity[plan.target_index]),
             "failed_link": None if failed is None else failed.get("link"),
             "failed_node": None if failed is None else failed.get("node"),
             "failure_time": failure_time,
-            "failure_step": self.split_step,
-            "failure_offset": (None if self.split_step is None
-                               else self.split_step * self.rows_per_step),
-            "rho": self.rho, "rho_routing": self.rho_routing,
+            "failure_step": plan.split_step,
+            "failure_offset": (None if plan.split_step is None
+                               else plan.split_step * self.rows_per_step),
+            "rho": plan.rho, "rho_routing": plan.rho_routing,
             "rho_goal": self._goal(),
-            "failure_states": [dict(s) for s in self.states],
+            "failure_states": [dict(s) for s in plan.states],
             "leaky_columns": list(self.leaky_columns),
         }
 
@@ -760,16 +330,17 @@ class LinkLoadSource(RowIndexedSource):
         if not 0 <= first <= last <= self.num_steps:
             raise ValueError(f"steps must lie within [0, {self.num_steps}], got [{first}, {last})")
         steps = np.arange(first, last, dtype=np.int64)
-        demand = self._demands(steps)
-        states = self._state_of_step[steps]
+        demand = self.traffic.sample(steps)
+        plan = self.plan
+        states = plan.state_of_step[steps]
         load = np.empty((len(steps), len(self._links)))
         dropped = np.empty(len(steps))
         down = np.empty((len(steps), len(self._links)), dtype=bool)
         for sid in np.unique(states):
             cols = np.flatnonzero(states == sid)
-            load[cols] = (self._routing[sid][self._links] @ demand[:, cols]).T
-            dropped[cols] = self._unroutable[sid] @ demand[:, cols]
-            down[cols] = self._down[sid][self._links]
+            load[cols] = (plan.routing[sid][self._links] @ demand[:, cols]).T
+            dropped[cols] = plan.unroutable[sid] @ demand[:, cols]
+            down[cols] = plan.down[sid][self._links]
         k = len(self._links)
         capacity = np.tile(self.capacity[self._links], len(steps))
         flat = load.ravel()

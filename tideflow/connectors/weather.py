@@ -28,7 +28,7 @@ column          meaning                                     missing in the table
     Meteorological Nowcasting", arXiv 2309.15207,
 
 whose released setup streams hourly data per city plus its neighbours
-(``/work/shared/specs/variance-horizon.md``). Three stations for one year is
+(see ``docs/methods/variance-horizon.md``). Three stations for one year is
 far smaller than the paper's 4,000 live sources, and the table has no cloud
 cover (one of the paper's targets): temperature and wind speed are the targets
 that carry over.
