@@ -8,7 +8,7 @@ dx/dt = -(1/tau + f(x, I; theta)) x + f(x, I; theta) A), and is compared with an
 re-fitted every B samples (`tideflow.strategies.forecasting.IncrementalRefit`). Its
 summaries report that the liquid network wins under drastic shifts and IL under
 moderate ones, and suggest a hybrid. What the paper leaves open is chosen here and
-shared with the IL baseline and the controls (see `tideflow.strategies.forecasting`:
+shared with the IL baseline and the controls (see `tideflow.strategies.window_forecaster`:
 window W=16, Adam, MSE, 20 epochs, minibatches of 32, 1344 pretraining samples, one model per
 series; only the learning rate differs: 1e-2 here, 3e-3 for the MLP and GRU).
 
@@ -51,18 +51,19 @@ How it is trained and how it adapts:
   the latest ``finetune_samples`` samples (default 8*W); the scaler and, in stateful
   mode, the state are kept.
 
-ncps pitfalls respected (``/work/shared/specs/liquid.md``): ``timespans`` are never
+ncps pitfalls respected (``docs/methods/liquid.md``): ``timespans`` are never
 passed (batched timespans are broken in 1.0.1; samples are equally spaced), wired CfC
 outputs are tanh-bounded so a linear head reads them out (the same head on every
 variant, equivalent to ``proj_size=1``), a new ``AutoNCP`` wiring is built for every
 network (wirings are stateful, #75), the `LTC` wrapper is used with its implicit
 (softplus) weight constraints and ``apply_weight_constraints()`` is still called
-after every optimiser step, and ``torch.set_num_threads(torch_threads)`` (default 1)
-is applied.
+after every optimiser step (the after-step hook of
+`tideflow.strategies.torch_core.train`), and ``torch.set_num_threads(torch_threads)``
+(default 1) is applied.
 
 Departures from the paper, and why: one network per series (the paper forecasts one
 target link; a shared instance over several links keeps them apart, see
-`tideflow.strategies.forecasting`); the hybrid and the fine-tuning variant (suggested,
+`tideflow.strategies.window_forecaster`); the hybrid and the fine-tuning variant (suggested,
 not evaluated there). Chosen because the paper's summaries do not report them: the
 univariate input, W, the cell (both offered), the wiring, 16 units, the training
 schedule, the sequence loss of the stateful mode and the state warm-up.
@@ -85,7 +86,7 @@ from typing import Any
 import numpy as np
 
 from tideflow.stream.drift import DriftEvent
-from tideflow.strategies.forecasting import Series, WindowForecaster
+from tideflow.strategies.window_forecaster import Series, WindowForecaster
 
 __all__ = ["LiquidForecaster", "liquid_net"]
 
@@ -141,7 +142,7 @@ class LiquidForecaster(WindowForecaster):
         refit_epochs: epochs of a drift re-fit (default ``epochs``).
         online_finetune, finetune_every, finetune_steps, finetune_samples: the
             fine-tuning variant (defaults W, 5 and 8*W).
-        (other arguments: `tideflow.strategies.forecasting.WindowForecaster`)
+        (other arguments: `tideflow.strategies.window_forecaster.WindowForecaster`)
     """
 
     def __init__(
