@@ -401,7 +401,7 @@ class DeviceProbe(tf.AvalancheStrategy):
 
 def ray_check(num_gpus_list: list[float], console: Any,
               left: Callable[[], float] = lambda: float("inf")) -> list[dict[str, Any]]:
-    from tideflow.pipelines.ray_runner import ensure_ray
+    from tideflow.pipelines.runners.ray_session import ensure_ray
 
     out = []
     t = time.perf_counter()

@@ -227,7 +227,7 @@ def start_ray(console: Any, attempts: int = 3) -> float:
     """``ensure_ray``, retried on a start-up time-out; returns the seconds of the attempt that worked."""
     import ray
 
-    from tideflow.pipelines.ray_runner import ensure_ray
+    from tideflow.pipelines.runners.ray_session import ensure_ray
 
     def start() -> float:
         t = time.perf_counter()

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ray_init_s = None
         if any(r.startswith("ray") for r in runners):
-            from tideflow.pipelines.ray_runner import ensure_ray
+            from tideflow.pipelines.runners.ray_session import ensure_ray
 
             t = time.perf_counter()
             ensure_ray()

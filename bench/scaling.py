@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tideflow.pipelines.ray_runner import ensure_ray
+    from tideflow.pipelines.runners.ray_session import ensure_ray
 
     console = Console() if sys.stdout.isatty() else Console(width=170)
     wall0 = time.perf_counter()

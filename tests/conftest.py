@@ -14,7 +14,7 @@ def ray_session():
     """A real local Ray (token authentication as Ray sets it), shut down at the end."""
     import ray
 
-    from tideflow.pipelines.ray_runner import ensure_ray
+    from tideflow.pipelines.runners.ray_session import ensure_ray
 
     ensure_ray()
     yield ray

@@ -12,15 +12,18 @@ from tideflow.connectors.base import MemorySink, MemorySource, Sink, Source
 from tideflow.connectors.synthetic import SyntheticSource, source_from_spec
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.graph import Graph, GraphError, Keyed
-from tideflow.pipelines.run import RunResult, run_graph
+from tideflow.pipelines.options import CheckpointOptions, RayOptions, RunOptions
+from tideflow.pipelines.result import RunResult
+from tideflow.pipelines.run import run_graph
 from tideflow.stream.batch import Batch, tensor_array
-from tideflow.stream.drift import DetectDrift, DriftEvent, PerformanceTrigger
+from tideflow.stream.drift import DetectDrift, PerformanceTrigger
+from tideflow.stream.events import DriftEvent, TaskBoundary
 from tideflow.stream.operator import Operator
 from tideflow.stream.reduce import VarianceHorizon
 from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
-from tideflow.strategies.base import StepReport, Strategy
+from tideflow.strategies.base import ClassScores, StepReport, Strategy
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
 from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
@@ -33,6 +36,7 @@ __all__ = [
     "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
+    "RunOptions", "RayOptions", "CheckpointOptions", "TaskBoundary", "ClassScores",
     "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
     "NowcastPersistence", "NowcastSeasonal",
 ]

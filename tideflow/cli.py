@@ -22,50 +22,23 @@ from typing import Any
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from tideflow.pipelines.options import add_cli_arguments
+
     p.add_argument("--runner", choices=("local", "ray"), default="ray",
                    help="ray: one actor per step on local Ray or RAY_ADDRESS (default); local: one process")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite mlflow.db in this folder)")
-    p.add_argument("--experiment", default="tideflow", help="MLflow experiment name")
-    p.add_argument("--label-delay", type=int, default=0, help="batches between a prediction and its labels")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
-    p.add_argument("--max-in-flight", type=int, default=4, help="ray runner: batches in flight (backpressure)")
-    p.add_argument("--output-dir", default=None, help="folder for summary.json and quarantine.arrow")
+    add_cli_arguments(p)  # every run option's flag, from tideflow.pipelines.options
     p.add_argument("--json", default=None, help="also write the summary as JSON to this path")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="ray runner: write checkpoints here (resume a run that died with `tideflow resume DIR`)")
-    p.add_argument("--checkpoint-every", type=int, default=100,
-                   help="ray runner: batches between checkpoints (default 100; 0 = none)")
-    p.add_argument("--checkpoint-every-s", type=float, default=None,
-                   help="ray runner: also checkpoint when this many seconds have passed since the last one")
-    p.add_argument("--checkpoint-mlflow", action="store_true",
-                   help="ray runner: also copy each checkpoint into the MLflow run's artifacts "
-                        "(resume with `tideflow resume mlflow:RUN_ID`)")
-    p.add_argument("--max-restarts", type=int, default=3,
-                   help="ray runner: recoveries from a lost actor or node before the run fails (default 3)")
 
 
 def _run(pipeline: Any, args: argparse.Namespace) -> int:
+    from tideflow.pipelines.options import from_cli_args
+
     print(pipeline)
     result = pipeline.run(
         runner=args.runner,
-        tracking=not args.no_tracking,
-        tracking_uri=args.tracking_uri,
-        experiment=args.experiment,
-        progress=not args.no_progress,
-        label_delay=args.label_delay,
-        max_batches=args.max_batches,
-        output_dir=args.output_dir,
-        max_in_flight=args.max_in_flight,
+        **from_cli_args(args),
         print_summary=True,
         keep_predictions=bool(pipeline.reporters),
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_every_s=args.checkpoint_every_s,
-        checkpoint_mlflow=args.checkpoint_mlflow,
-        max_restarts=args.max_restarts,
-        checkpoint_dir=args.checkpoint_dir,
         resume=getattr(args, "resume", False),
         # what `tideflow resume` needs to rebuild this very pipeline
         checkpoint_meta={"argv": getattr(args, "argv", None), "cwd": os.getcwd()},

@@ -1,4 +1,7 @@
-"""Helpers for testing pipelines: comparing two runs, and a learner that marks a point for fault injection.
+"""Helpers for testing pipelines: comparing two runs, learners that mark a point for fault
+injection, log what the engine tells them or raise events, and held-out rows of a toy task stream.
+
+They live in the package (not in a test module) so that Ray workers can import them.
 
 >>> comparable({"lin": [{"seq": 0, "mae": 0.5, "train_seconds": 0.013}]})
 {'lin': [{'seq': 0, 'mae': 0.5}]}
@@ -10,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tideflow.stream.batch import Batch
+from tideflow.stream.events import DriftEvent, TaskBoundary
+from tideflow.strategies.base import StepReport
 from tideflow.strategies.river_adapter import RiverStrategy
 
 #: per-batch record fields that measure wall-clock time, which no two runs share
@@ -53,4 +59,61 @@ class PauseOnce(RiverStrategy):
         if self._calls == self.at + 1 and not Path(self.marker).exists():
             Path(self.marker).write_text("reached")
             time.sleep(self.pause_s)
+        return report
+
+
+def task_held_out(tasks: int = 3, rows: int = 40, seed: int = 1) -> dict[Any, Batch]:
+    """Held-out rows per task of a toy task stream: columns x0, x1, y (task t's labels are 2t
+    and 2t + 1, split by a line at angle 1.1 t) and task."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in range(tasks):
+        x = rng.normal(size=(rows, 2))
+        angle = t * 1.1
+        y = ((x[:, 0] * np.cos(angle) + x[:, 1] * np.sin(angle)) > 0).astype(np.int64) + 2 * t
+        out[t] = Batch.from_pydict({"x0": x[:, 0], "x1": x[:, 1], "y": y, "task": np.full(rows, t)},
+                                   stream_id="held-out", first_offset=0)
+    return out
+
+
+class Recorder(RiverStrategy):
+    """Logs what the engine tells it: learned offsets, drift events, task boundaries (in order)."""
+
+    def __init__(self, estimator: Any, **kwargs: Any) -> None:
+        super().__init__(estimator, **kwargs)
+        self.log: list[tuple[Any, ...]] = []
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return RiverStrategy._unit_test_params()
+
+    def learn(self, batch: Batch) -> StepReport:
+        self.log.append(("learn", int(batch.first_offset), int(batch.last_offset)))
+        return super().learn(batch)
+
+    def on_drift(self, event: DriftEvent) -> None:
+        self.log.append(("drift", event.step, event.detector, int(event.offset)))
+
+    def on_task_boundary(self, boundary: TaskBoundary) -> None:
+        self.log.append(("boundary", boundary.cause, int(boundary.offset), boundary.previous, boundary.task))
+
+
+class Emitter(RiverStrategy):
+    """Raises an out-of-distribution event on its 3rd and 7th learn call."""
+
+    def __init__(self, estimator: Any, **kwargs: Any) -> None:
+        super().__init__(estimator, **kwargs)
+        self.calls = 0
+
+    @classmethod
+    def _unit_test_params(cls) -> dict[str, Any]:
+        return RiverStrategy._unit_test_params()
+
+    def learn(self, batch: Batch) -> StepReport:
+        report = super().learn(batch)
+        self.calls += 1
+        if self.calls in (3, 7):
+            report.events.append(DriftEvent(batch.stream_id, int(batch.last_offset), "ood", "score", "", 0.9))
         return report

@@ -24,7 +24,7 @@ def _free_port() -> int:
 def main(out: str) -> None:
     from ray.cluster_utils import Cluster
 
-    from tideflow.pipelines.ray_runner import enable_token_auth
+    from tideflow.pipelines.runners.ray_session import enable_token_auth
 
     enable_token_auth()
     port = _free_port()

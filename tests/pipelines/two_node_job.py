@@ -81,7 +81,7 @@ def main(recording: str, out: str, mode: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from tideflow.pipelines.ray_runner import enable_token_auth, ensure_ray
+    from tideflow.pipelines.runners.ray_session import enable_token_auth, ensure_ray
     from tideflow.testing import comparable
 
     work = Path(out).parent

@@ -170,7 +170,7 @@ def test_hybrid_refits_after_a_drift_event_and_not_before():
 
 
 def test_hybrid_refits_when_the_engines_detector_fires_on_its_error():
-    from tideflow.pipelines.evaluation import Learner
+    from tideflow.pipelines.learn_step import Learner
 
     y = profile(n=360, shift=3.0, shift_at=200)
     f = bound(LiquidForecaster(units=8, window=8, pretrain_steps=96, epochs=3, refit_on_drift=True))

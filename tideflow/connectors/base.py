@@ -50,6 +50,11 @@ class Source:
         """The offset the next batch will start at (or after)."""
         raise NotImplementedError
 
+    def held_out(self) -> dict[Any, Batch] | None:
+        """Held-out rows per task, not part of the stream (task streams: what a learn step
+        evaluates at every task boundary, in the schema the learn steps see). Default: none."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Plain-data description of the stream (written into recordings)."""
         return {"stream_id": self.stream_id, "source": type(self).__name__}
@@ -138,14 +143,19 @@ class MemorySource(Source):
     ``seek`` skips whole batches whose last offset is below the target.
     """
 
-    def __init__(self, batches: list[Batch], schema: Schema, *, stream_id: str | None = None) -> None:
+    def __init__(self, batches: list[Batch], schema: Schema, *, stream_id: str | None = None,
+                 held_out: dict[Any, Batch] | None = None) -> None:
         self.batches_ = list(batches)
+        self.held_out_ = dict(held_out) if held_out is not None else None
         self.schema_ = schema
         self.stream_id = stream_id or (self.batches_[0].stream_id if self.batches_ else "memory")
         self._index = 0
 
     def schema(self) -> Schema:
         return self.schema_
+
+    def held_out(self) -> dict[Any, Batch] | None:
+        return self.held_out_
 
     def params(self) -> dict[str, Any]:
         return {"batches": len(self.batches_), "rows": sum(len(b) for b in self.batches_)}

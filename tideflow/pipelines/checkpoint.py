@@ -1,7 +1,7 @@
 """Checkpoints on disk: one file per checkpoint, written atomically, loaded without pickle.
 
 A checkpoint is what the Ray runner collects at one batch boundary (see
-`tideflow.pipelines.ray_runner.run_on_ray`): the batch number, every actor's
+`tideflow.pipelines.runners.ray.run_on_ray`): the batch number, every actor's
 snapshot (source position, data-path operators, learners with their models and
 the rows still waiting for labels) and the driver's bookkeeping. On disk it is
 ``<dir>/ckpt-<batch>.json``: JSON of plain data only. The actors' snapshots arrive

@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from tideflow.connectors.base import Sink, Source
-from tideflow.pipelines.graph import Graph, GraphError, Keyed, Step
+from tideflow.pipelines.graph import DEFAULT_BOUNDARIES, Graph, GraphError, Keyed, Step
 from tideflow.stream.drift import DetectDrift
 from tideflow.stream.operator import Operator
 from tideflow.stream.schema import Schema
@@ -104,6 +104,7 @@ class Pipeline:
         num_cpus: float | None = None,
         num_gpus: float = 0.0,
         resources: dict[str, float] | None = None,
+        boundaries: tuple[str, ...] | list[str] = DEFAULT_BOUNDARIES,
     ) -> Pipeline:
         """Add strategies; all of them receive the same batches (broadcast).
 
@@ -117,6 +118,9 @@ class Pipeline:
                 (an actor that asks for GPUs is placed on a node that has them).
             resources: custom Ray resources each strategy's actor needs, e.g.
                 ``{"strategy_node": 1}`` to place it on the nodes started with that resource.
+            boundaries: what tells the strategy that a task ended (``on_task_boundary``):
+                ``"task_column"`` (the schema's task column changes value), ``"end_of_task"``
+                (the source marks a batch), ``"drift"`` (every drift event that reaches it).
         """
         if not strategies:
             raise ValueError("learn() needs at least one strategy")
@@ -130,7 +134,8 @@ class Pipeline:
             step_name = name if name is not None else (names[i] if names else default_name(s))
             self._steps.append(Step(step_name, "learn", s, num_cpus=num_cpus, num_gpus=num_gpus, route=route,
                                     detector=detector, detector_params=dict(detector_params or {}),
-                                    resources=dict(resources) if resources else None))
+                                    resources=dict(resources) if resources else None,
+                                    boundaries=tuple(boundaries)))
         return self
 
     def sink(self, sink: Sink, *, name: str | None = None) -> Pipeline:
@@ -151,7 +156,7 @@ class Pipeline:
         return graph
 
     def run(self, runner: str = "local", **options: Any) -> Any:
-        """Validate the graph, then run it; options go to `tideflow.pipelines.run.run_graph`."""
+        """Validate the graph, then run it; options go to `tideflow.pipelines.run.run_graph` (`tideflow.pipelines.options`)."""
         from tideflow.pipelines.run import run_graph
 
         return run_graph(self.build(), runner=runner, **options)

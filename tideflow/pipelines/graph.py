@@ -23,7 +23,11 @@ from tideflow.stream.operator import Operator
 from tideflow.stream.schema import Schema
 from tideflow.stream.validate import Validate
 from tideflow.stream.drift import DetectDrift
+from tideflow.stream.events import BOUNDARY_CAUSES
 from tideflow.strategies.base import SchemaError, Strategy
+
+#: a learn step's task boundaries by default: the schema's task column changes, the source marks an end
+DEFAULT_BOUNDARIES = ("task_column", "end_of_task")
 
 
 class GraphError(ValueError):
@@ -59,6 +63,7 @@ class Step:
     detector_params: dict[str, Any] = field(default_factory=dict)
     to: tuple[str, ...] | None = None  # detect steps: learn steps that receive the events (None: all)
     resources: dict[str, float] | None = None  # learn steps: custom Ray resources of each actor
+    boundaries: tuple[str, ...] = DEFAULT_BOUNDARIES  # learn steps: what counts as a task boundary
 
     def describe(self) -> str:
         return self.op.describe() if hasattr(self.op, "describe") else repr(self.op)
@@ -76,6 +81,8 @@ class Step:
                 out["resources"] = dict(self.resources)
             if self.detector:
                 out["detector"] = {"name": self.detector, "params": self.detector_params}
+            if self.boundaries != DEFAULT_BOUNDARIES:  # the default leaves the graph's hash as it was
+                out["boundaries"] = list(self.boundaries)
         if self.to is not None:
             out["to"] = list(self.to)
         return out
@@ -165,6 +172,10 @@ class Graph:
                     raise GraphError(f"learn step {s.name!r} routes by key {s.route.key!r}, which is not in the schema ({schema.names})")
                 if s.route.actors < 1:
                     raise GraphError(f"learn step {s.name!r}: keyed route needs actors >= 1")
+            unknown = [b for b in s.boundaries if b not in BOUNDARY_CAUSES]
+            if unknown:
+                raise GraphError(f"learn step {s.name!r}: unknown task-boundary cause(s) {unknown}; "
+                                 f"known: {list(BOUNDARY_CAUSES)}")
             if s.num_gpus < 0 or (s.num_cpus is not None and s.num_cpus < 0) or \
                     any(not isinstance(v, (int, float)) or v < 0 for v in (s.resources or {}).values()):
                 raise GraphError(f"learn step {s.name!r}: resources must be numbers >= 0")

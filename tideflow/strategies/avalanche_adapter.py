@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from tideflow.stream.batch import Batch
-from tideflow.strategies.base import SchemaError, StepReport, Strategy
+from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy
 
 
 def pick_device(device: str = "auto") -> str:
@@ -204,9 +204,7 @@ class AvalancheStrategy(Strategy):
         return StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start,
                           extra={"train_rows": float(rows), "flops": 6.0 * n_params * rows})
 
-    def predict(self, batch: Batch) -> pa.Array:
-        if not len(batch):
-            return pa.array([], type=pa.int64())
+    def _logits(self, batch: Batch) -> Any:
         import torch
 
         self._check_columns(batch, need_target=False)
@@ -217,7 +215,19 @@ class AvalancheStrategy(Strategy):
         with torch.no_grad():
             logits = self._net(torch.from_numpy(self._inputs(batch)).to(device))
         self._net.train(was_training)
-        return pa.array(logits.argmax(dim=1).cpu().numpy().astype(np.int64))
+        return logits
+
+    def predict(self, batch: Batch) -> pa.Array:
+        if not len(batch):
+            return pa.array([], type=pa.int64())
+        return pa.array(self._logits(batch).argmax(dim=1).cpu().numpy().astype(np.int64))
+
+    def predict_scores(self, batch: Batch) -> ClassScores:
+        """The network's logits, one column per class 0 .. n_classes - 1."""
+        classes = list(range(self.n_classes))
+        if not len(batch):
+            return ClassScores(np.zeros((0, self.n_classes), dtype=np.float32), classes)
+        return ClassScores(self._logits(batch).cpu().numpy(), classes)
 
     def snapshot(self) -> dict[str, Any]:
         if self._net is None:

@@ -1,11 +1,22 @@
 """The `Strategy` contract: a continual learner that learns from and predicts on batches.
 
-A strategy is an operator (``snapshot``/``restore`` of plain data) with three
-more methods (DESIGN.md section 3):
+A strategy is a `Stateful` stage (``snapshot``/``restore`` of plain data, constructor
+parameters as its configuration) with these methods (docs/architecture.md, "Contracts"):
 
-* ``learn(batch) -> StepReport``: one update on a batch;
+* ``learn(batch) -> StepReport``: one update on a batch; the report counts compute and
+  may carry events the strategy raises itself (``StepReport.events``: an
+  out-of-distribution batch, a capacity warning), which the engine logs and hands to
+  the other learn steps;
 * ``predict(batch) -> pa.Array``: one prediction per row, no side effects;
-* ``on_drift(event)``: optional reaction to a drift detector upstream.
+* ``predict_scores(batch) -> ClassScores``: classifiers that can, one score per class
+  and row (what task-incremental evaluation masks to a task's classes);
+* ``on_drift(event)``: optional reaction to a drift event;
+* ``on_task_boundary(boundary)``: optional reaction to the end of a task (the schema's
+  task column changed, the source marked the end of a task, or a drift event was
+  configured to count as one); called after the old task's last rows were learned.
+
+``problem`` ("regression" or "classification") picks the prequential metrics; it is
+not the task of a task-incremental stream, which is the schema's ``task`` role.
 
 A strategy knows its ``target`` column and its ``features``; either may be left
 unset and is then taken from the pipeline's schema by ``bind``. A strategy that
@@ -22,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 
 from tideflow.stream.batch import Batch, is_tensor_type
-from tideflow.stream.drift import DriftEvent
-from tideflow.stream.operator import Operator
+from tideflow.stream.events import DriftEvent, TaskBoundary
+from tideflow.stream.operator import Stateful
 from tideflow.stream.schema import Schema
 
 
@@ -39,16 +50,44 @@ class StepReport:
     fits: int = 0
     train_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    #: events the strategy raises while learning (see module docstring)
+    events: list[DriftEvent] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ClassScores:
+    """Per-class scores of some rows: ``scores[i, j]`` is row i's score for ``classes[j]``
+    (higher = more likely; probabilities or logits, as the strategy has them)."""
+
+    scores: np.ndarray
+    classes: list[Any]
+
+    def __post_init__(self) -> None:
+        if self.scores.ndim != 2 or self.scores.shape[1] != len(self.classes):
+            raise ValueError(f"scores of shape {self.scores.shape} for {len(self.classes)} classes")
+
+    def argmax(self, allowed: list[Any] | None = None) -> list[Any]:
+        """The best class per row, among ``allowed`` classes only when given (task-IL masking)."""
+        scores = self.scores
+        classes = self.classes
+        if allowed is not None:
+            keep = [j for j, c in enumerate(classes) if c in set(allowed)]
+            if not keep:
+                raise ValueError(f"none of the allowed classes {allowed} has a score (classes: {classes})")
+            scores, classes = scores[:, keep], [classes[j] for j in keep]
+        if not len(classes):
+            return [None] * len(scores)
+        return [classes[j] for j in np.argmax(scores, axis=1)]
 
 
 class SchemaError(ValueError):
     """A batch or schema does not fit what a strategy needs."""
 
 
-class Strategy(Operator):
+class Strategy(Stateful):
     """Base class of every continual learner (see module docstring)."""
 
     kind = "strategy"
@@ -100,12 +139,15 @@ class Strategy(Operator):
     def predict(self, batch: Batch) -> pa.Array:
         raise NotImplementedError
 
-    def on_drift(self, event: DriftEvent) -> None:
-        """React to a detector; the default ignores it."""
+    def predict_scores(self, batch: Batch) -> ClassScores:
+        """Per-class scores of every row, no side effects (classifiers that have them)."""
+        raise NotImplementedError(f"{type(self).__name__} gives labels only, no per-class scores")
 
-    def process(self, batch: Batch) -> Batch | None:
-        self.learn(batch)
-        return batch
+    def on_drift(self, event: DriftEvent) -> None:
+        """React to a drift event; the default ignores it."""
+
+    def on_task_boundary(self, boundary: TaskBoundary) -> None:
+        """React to the end of a task; the default ignores it."""
 
 
 def timed_report(samples: int, start: float, fits: int = 1) -> StepReport:

@@ -1,6 +1,6 @@
 """The check suite every `Strategy` must pass, in the manner of River's ``yield_checks``.
 
-DESIGN.md section 3 lists what a strategy promises; `yield_strategy_checks`
+docs/architecture.md ("Contracts") lists what a strategy promises; `yield_strategy_checks`
 yields one zero-argument function per promise, named after it, so that a
 failure reads ``AvalancheStrategy-snapshot_restore_identical``:
 

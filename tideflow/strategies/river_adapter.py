@@ -19,14 +19,16 @@ estimator's state is snapshotted as plain data through
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from tideflow.stream.batch import Batch
 from tideflow.stream.state import from_plain, to_plain
-from tideflow.strategies.base import StepReport, Strategy
+from tideflow.strategies.base import ClassScores, StepReport, Strategy
 
 
 def _is_classifier(estimator: Any) -> bool:
@@ -39,8 +41,8 @@ class RiverStrategy(Strategy):
     """Adapter over a River estimator (regressor or classifier).
 
     Args:
-        estimator: a River estimator or pipeline; it is cloned, so the object
-            passed in stays untouched.
+        estimator: a River estimator or pipeline; it is copied as it is (a model the user
+            trained before keeps what it learned), so the object passed in stays untouched.
         target: label column (default: the schema's target).
         features: feature columns (default: the schema's features).
     """
@@ -49,7 +51,9 @@ class RiverStrategy(Strategy):
         self.estimator = estimator
         self.target = target
         self.features = list(features) if features is not None else None
-        self._model = estimator.clone()
+        # a copy, not River's clone(): clone() rebuilds from the parameters and would drop
+        # what a warm-started estimator learned (for a fresh estimator the two are the same)
+        self._model = copy.deepcopy(estimator)
         self.problem = "classification" if _is_classifier(estimator) else "regression"  # type: ignore[misc]
         self.n_learned = 0
 
@@ -94,6 +98,17 @@ class RiverStrategy(Strategy):
         if self.problem == "classification":
             return pa.array(preds)
         return pa.array([float(p) if p is not None else 0.0 for p in preds], type=pa.float64())
+
+    def predict_scores(self, batch: Batch) -> ClassScores:
+        """River's ``predict_proba_one`` per row; the classes are every label any row has a
+        probability for (sorted), a missing one scoring 0."""
+        if self.problem != "classification":
+            raise NotImplementedError("per-class scores are for classifiers; this estimator is a regressor")
+        self._check_columns(batch, need_target=False)
+        probas = [self._model.predict_proba_one(x) for x in self._rows(batch)] if len(batch) else []
+        classes = sorted({c for p in probas for c in p}, key=lambda c: (type(c).__name__, c))
+        scores = np.array([[p.get(c, 0.0) for c in classes] for p in probas], dtype=np.float64)
+        return ClassScores(scores.reshape(len(probas), len(classes)), classes)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -58,10 +58,14 @@ class Batch:
     Attributes:
         data: the rows; always holds an int64 ``offset`` column.
         stream_id: which stream the rows come from.
+        end_of_task: the source marks the batch whose last row ends a task (task streams
+            whose boundaries are not in a column); a row subset keeps the mark, a slice
+            keeps it only when it reaches the batch's last row.
     """
 
     data: pa.RecordBatch
     stream_id: str = "stream"
+    end_of_task: bool = False
 
     def __post_init__(self) -> None:
         if OFFSET not in self.data.schema.names:
@@ -172,19 +176,21 @@ class Batch:
 
     # -- transformation -----------------------------------------------------------
     def slice(self, start: int, length: int | None = None) -> Batch:
-        return Batch(self.data.slice(start, length), self.stream_id)
+        data = self.data.slice(start, length)
+        to_end = self.end_of_task and start + data.num_rows >= self.data.num_rows
+        return Batch(data, self.stream_id, to_end)
 
     def take(self, indices: Any) -> Batch:
-        return Batch(self.data.take(pa.array(indices, type=pa.int64())), self.stream_id)
+        return Batch(self.data.take(pa.array(indices, type=pa.int64())), self.stream_id, self.end_of_task)
 
     def filter(self, mask: Any) -> Batch:
-        return Batch(self.data.filter(pa.array(mask, type=pa.bool_())), self.stream_id)
+        return Batch(self.data.filter(pa.array(mask, type=pa.bool_())), self.stream_id, self.end_of_task)
 
     def select(self, names: Iterable[str]) -> Batch:
         names = list(names)
         if OFFSET not in names:
             names = [OFFSET, *names]
-        return Batch(self.data.select(names), self.stream_id)
+        return Batch(self.data.select(names), self.stream_id, self.end_of_task)
 
     def with_column(self, name: str, values: Any) -> Batch:
         arr = _column_from_python(values)
@@ -192,7 +198,7 @@ class Batch:
             data = self.data.set_column(self.column_names.index(name), name, arr)
         else:
             data = self.data.append_column(name, arr)
-        return Batch(data, self.stream_id)
+        return Batch(data, self.stream_id, self.end_of_task)
 
     @staticmethod
     def concat(batches: list[Batch]) -> Batch:
@@ -201,11 +207,12 @@ class Batch:
         table = pa.Table.from_batches([b.data for b in batches])
         combined = table.combine_chunks().to_batches()
         data = combined[0] if combined else batches[0].data.slice(0, 0)
-        return Batch(data, batches[0].stream_id)
+        return Batch(data, batches[0].stream_id, batches[-1].end_of_task)
 
     def __repr__(self) -> str:
         if len(self):
             span = f"offsets {self.first_offset}..{self.last_offset}"
         else:
             span = "empty"
-        return f"Batch(stream={self.stream_id!r}, rows={len(self)}, {span}, columns={self.column_names})"
+        mark = ", end of task" if self.end_of_task else ""
+        return f"Batch(stream={self.stream_id!r}, rows={len(self)}, {span}, columns={self.column_names}{mark})"

@@ -3,7 +3,7 @@
 River's ``utils.estimator_checks.yield_checks(model)`` yields a couple of dozen
 small functions, each testing one promise of the estimator contract; one test
 file runs them for every estimator it can find. This module does the same for
-the operator contract of DESIGN.md section 3 (``process``/``snapshot``/
+the operator contract of docs/architecture.md ("Contracts") (``process``/``snapshot``/
 ``restore``/``drain``, constructor parameters as configuration):
 `yield_operator_checks` yields zero-argument check functions for one operator
 class, each named after the promise it tests, so that pytest ids read like
@@ -168,7 +168,7 @@ def assert_plain(obj: Any, path: str = "state") -> None:
     """Fail, naming the path of the first value that is not plain data.
 
     Plain data is what a checkpoint can hold without pickling an object graph
-    (DESIGN.md section 1): dicts (keys: str, int, float, bool, None, bytes or
+    (docs/architecture.md, "Snapshots"): dicts (keys: str, int, float, bool, None, bytes or
     tuples of those), lists, tuples, str, int, float, bool, None, bytes, numpy
     arrays of a non-object dtype and torch tensors. Types are matched exactly,
     so ``np.int64(3)``, an enum member or a named tuple is reported.

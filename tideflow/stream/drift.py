@@ -17,12 +17,12 @@ True
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from tideflow.stream.batch import Batch
+from tideflow.stream.events import DriftEvent
 from tideflow.stream.operator import Operator, SideOutput
 from tideflow.stream.state import from_plain, to_plain
 
@@ -32,26 +32,11 @@ BINARY_DETECTORS = {"DDM", "EDDM", "HDDMA", "HDDMW"}  # all fed 1 = error (FHDDM
 ALIASES = {"HDDM_A": "HDDMA", "HDDM_W": "HDDMW"}
 
 
-@dataclass(frozen=True)
-class DriftEvent:
-    """A detector fired: on which stream, at which offset, which detector, on what statistic."""
-
-    stream_id: str
-    offset: int
-    detector: str
-    statistic: str
-    step: str = ""
-    value: float = float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class PerformanceTrigger:
     """Performance-based retraining trigger, with River's detector interface.
 
     River has no such detector; this is our reading of the trigger in arXiv 2309.15207
-    (the paper's own definition could not be obtained, see the variance-horizon spec):
+    (the paper's own definition could not be obtained, see docs/methods/variance-horizon.md):
     fed one matured forecast error per ``update``, it keeps the rolling mean of the last
     ``k`` errors; the *reference* is the mean of the first ``k`` errors after the last
     trigger (or the start), i.e. the error of a freshly fitted model. The first

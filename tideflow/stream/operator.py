@@ -1,20 +1,22 @@
-"""The operator contract every pipeline stage follows, and the registry the checks use.
+"""The contracts of pipeline stages, and the registry the check suites use.
 
-An operator is a named stage with three methods (DESIGN.md section 3):
+`Stateful` is what every stage shares: constructor parameters stored under their
+own names (River's habit), so ``params()`` lists a stage's configuration without
+extra code and ``clone()`` builds a fresh one; and its state as plain data:
 
-* ``process(batch) -> Batch | None`` transforms one batch (None: nothing to pass on);
-* ``snapshot() -> dict`` returns its state as plain data;
+* ``snapshot() -> dict`` returns the state as plain data;
 * ``restore(state)`` puts that state back.
 
-Side outputs that are not rows (drift events, quarantined rows) are collected by
-``drain()``, which the runners call after each ``process``. Constructor
-parameters are stored under their own names (River's habit), so ``params()``
-lists an operator's configuration without extra code and ``clone()`` builds a
-fresh one.
+An `Operator` is a data-path stage (validation, detectors, reducers) with
+``process(batch) -> Batch | None`` (None: nothing to pass on); side outputs that
+are not rows (drift events, quarantined rows) are collected by ``drain()``,
+which the runners call after each ``process``. Learners are `Stateful` too but
+not operators: their contract (``learn``/``predict``/...) is
+`tideflow.strategies.base.Strategy` (see docs/architecture.md, "Contracts").
 
 Every concrete subclass is registered on definition; the check suites in
 ``tideflow/stream/checks.py`` and ``tideflow/strategies/checks.py`` iterate over
-the registry, so a new operator is checked by being defined and imported.
+the registry, so a new stage is checked by being defined and imported.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, ClassVar
 
 from tideflow.stream.batch import Batch
 
-REGISTRY: dict[str, type[Operator]] = {}
+REGISTRY: dict[str, type[Stateful]] = {}
 
 
 @dataclass
@@ -43,10 +45,10 @@ class SideOutput:
         return bool(self.drift_events or self.quarantine)
 
 
-class Operator:
-    """Base class of every pipeline stage (see module docstring)."""
+class Stateful:
+    """What every stage shares: configuration from its constructor, state as plain data."""
 
-    kind: ClassVar[str] = "operator"
+    kind: ClassVar[str] = "stateful"
     #: set False on abstract helpers so the registry and check suites skip them
     checkable: ClassVar[bool] = True
 
@@ -55,19 +57,13 @@ class Operator:
         if not inspect.isabstract(cls) and cls.__dict__.get("checkable", True):
             REGISTRY[f"{cls.__module__}.{cls.__qualname__}"] = cls
 
-    # -- the contract -------------------------------------------------------------
-    def process(self, batch: Batch) -> Batch | None:
-        return batch
-
+    # -- state --------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         return {}
 
     def restore(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}")
-
-    def drain(self) -> SideOutput:
-        return SideOutput()
 
     # -- configuration ------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -80,7 +76,7 @@ class Operator:
                 out[name] = getattr(self, name)
         return out
 
-    def clone(self) -> Operator:
+    def clone(self) -> Stateful:
         return type(self)(**self.params())
 
     @classmethod
@@ -98,3 +94,16 @@ class Operator:
 
     def __repr__(self) -> str:
         return self.describe()
+
+
+class Operator(Stateful):
+    """Base class of every data-path stage (see module docstring)."""
+
+    kind: ClassVar[str] = "operator"
+    checkable: ClassVar[bool] = False
+
+    def process(self, batch: Batch) -> Batch | None:
+        return batch
+
+    def drain(self) -> SideOutput:
+        return SideOutput()

@@ -7,7 +7,7 @@ The paper reports > 50 % less training compute for 0-15 % more error; its own
 definition of the horizon could not be obtained (only the abstract is reachable,
 and the authors' released plugin trains on a fixed 1200-row window), so the rule
 below is **ours**, written from the paper's description (see
-``/work/shared/specs/variance-horizon.md``):
+docs/methods/variance-horizon.md):
 
     For each series (one per key value), after each row arrives, the look-back
     ``n`` is the shortest window ``n`` in ``min_window, min_window + step, ...``

@@ -2,7 +2,7 @@
 
 Operator snapshots must be plain data (dicts, lists, numbers, strings, arrays,
 torch tensors) so that checkpoints survive code changes and load without
-unpickling (DESIGN.md section 1). Our own operators write their state by hand;
+unpickling (docs/architecture.md, "Snapshots"). Our own operators write their state by hand;
 for third-party objects whose state lives in private attributes (River's
 estimators and drift detectors, including its Cython ones) `to_plain` walks the
 object through the same `__reduce_ex__` protocol pickle uses, but writes a tree
@@ -142,7 +142,10 @@ def _encode(obj: Any, memo: dict[int, int], keep: list[Any]) -> Any:
     from tideflow.stream.batch import Batch
 
     if isinstance(obj, Batch):  # rows waiting for labels in a checkpoint: Arrow IPC bytes
-        return {"__batch__": _batch_bytes(obj), "stream_id": obj.stream_id}
+        out = {"__batch__": _batch_bytes(obj), "stream_id": obj.stream_id}
+        if obj.end_of_task:  # only when set: snapshots of ordinary batches keep their form
+            out["end_of_task"] = True
+        return out
     reducer = getattr(obj, "__reduce_ex__", None)
     if reducer is None:
         raise TypeError(f"cannot snapshot {type(obj).__name__}")
@@ -241,7 +244,7 @@ def _decode(data: Any, memo: dict[int, Any], allowed: tuple[str, ...]) -> Any:
         from tideflow.stream.batch import Batch
 
         with pa.ipc.open_stream(data["__batch__"]) as reader:
-            return Batch(reader.read_next_batch(), data["stream_id"])
+            return Batch(reader.read_next_batch(), data["stream_id"], bool(data.get("end_of_task", False)))
     if "__ref__" in data:
         return _resolve(data["__ref__"], allowed)
     if "__alias__" in data:

@@ -260,7 +260,7 @@ class Validate(Operator):
         if bad.any():
             data = data.filter(pa.array(good))
         self.rows_out += data.num_rows
-        return Batch(data, batch.stream_id)
+        return Batch(data, batch.stream_id, batch.end_of_task)
 
     def drain(self) -> SideOutput:
         out = SideOutput(quarantine=self._pending)
