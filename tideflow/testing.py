@@ -90,7 +90,8 @@ class Recorder(RiverStrategy):
         return RiverStrategy._unit_test_params()
 
     def learn(self, batch: Batch) -> StepReport:
-        self.log.append(("learn", int(batch.first_offset), int(batch.last_offset)))
+        if len(batch):
+            self.log.append(("learn", int(batch.first_offset), int(batch.last_offset)))
         return super().learn(batch)
 
     def on_drift(self, event: DriftEvent) -> None:

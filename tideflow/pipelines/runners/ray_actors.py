@@ -18,8 +18,6 @@ its share of the keys (stable hash), so no batch is copied per key on the way.
 from __future__ import annotations
 
 import math
-import os
-import sys
 from typing import Any
 
 from tideflow.pipelines.graph import Graph
@@ -30,6 +28,7 @@ from tideflow.stream.batch import Batch
 from tideflow.stream.events import DriftEvent
 from tideflow.stream.operator import SideOutput
 from tideflow.stream.state import seal, unseal
+from tideflow.strategies.torch_core import set_threads
 
 
 class _Envelope:
@@ -47,13 +46,11 @@ class _Envelope:
 
 
 def _threads(num_cpus: float | None) -> None:
-    # On 2 cores, torch's default thread pool per actor oversubscribes the CPU
-    # 10-27x; workers start with OMP_NUM_THREADS=1 (runtime_env) and this sets
-    # torch's pool to the actor's CPU share. Torch is not imported just for this:
-    # an actor that never uses it should not pay its ~500 MB.
-    os.environ["OMP_NUM_THREADS"] = str(max(1, int(num_cpus or 1)))
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(max(1, int(num_cpus or 1)))
+    # one thread per CPU the actor was given: workers start with OMP_NUM_THREADS=1
+    # (runtime_env) and torch's pool follows the actor's share, so actors on one machine
+    # never oversubscribe its cores (bench/learning_cost.py measures the alternative);
+    # torch is not imported just for this (an actor that never uses it should not pay for it)
+    set_threads(max(1, int(num_cpus or 1)), import_torch=False)
 
 
 def _pickled(obj: Any) -> bytes:
