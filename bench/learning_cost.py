@@ -49,7 +49,9 @@ Columns:
 * **peak RSS MiB**: ``ru_maxrss`` of the worker at the end; **import s**: the worker's
   time to import tideflow and what the strategy needs (also what a Ray actor pays).
 * **quality**: prequential accuracy (classifiers) or MAE (regressors, forecasters) over
-  the same batches as the predict latencies; a sanity check, not a leaderboard.
+  the same batches as the predict latencies, scored by the engine's own
+  ``evaluation.score`` into a ``Scores`` total (what a pipeline's learn step reports);
+  a sanity check, not a leaderboard. The scoring is outside the timed calls.
 
 ``--device cuda`` runs the strategies that can use a GPU (the Avalanche ones; their
 adapter takes ``device="auto"|"cpu"|"cuda"`` and picks CUDA when
@@ -110,6 +112,7 @@ for _p in (str(REPO), str(BENCH)):
 import numpy as np  # noqa: E402
 
 import tideflow as tf  # noqa: E402
+from tideflow.pipelines.evaluation import Scores, score  # noqa: E402
 from tideflow.stream.batch import Batch  # noqa: E402
 from tideflow.stream.schema import Schema  # noqa: E402
 
@@ -291,9 +294,8 @@ def worker(name: str, device: str, scale: float) -> dict[str, Any]:
     first_fit = 0  # index of the batch whose learn made the first fit
     fitted = False
     fits = 0
-    correct = 0.0
-    abs_err = 0.0
-    scored = 0
+    # prequential quality scored as a pipeline's learn step scores it (the engine's `score`)
+    quality = Scores()
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -304,13 +306,7 @@ def worker(name: str, device: str, scale: float) -> dict[str, Any]:
             dt_predict = time.perf_counter() - t
             if fitted:
                 predict_s.append(dt_predict)
-                truth = batch.numpy(target)
-                p = pred.to_numpy(zero_copy_only=False)
-                if task == "classification":
-                    correct += float(np.sum(p == truth))
-                else:
-                    abs_err += float(np.sum(np.abs(p.astype(float) - truth.astype(float))))
-                scored += len(batch)
+                quality.add(score(task, pred, batch.numpy(target))[0])
             t = time.perf_counter()
             report = strategy.learn(batch)
             sync()
@@ -331,6 +327,7 @@ def worker(name: str, device: str, scale: float) -> dict[str, Any]:
     q = max(1, len(fitted_tail) // 4)
     early, late = ((statistics.fmean(fitted_tail[:q]), statistics.fmean(fitted_tail[-q:]))
                    if len(fitted_tail) >= 4 else (None, None))
+    metrics = quality.metrics(task)  # accuracy for classifiers, mae for the rest; neither when nothing was scored
     out.update({
         "task": task,
         "batches": len(batches),
@@ -346,9 +343,9 @@ def worker(name: str, device: str, scale: float) -> dict[str, Any]:
         "predict_ms_p50": None if not predict_s else 1000 * _quantile(predict_s, 0.5),
         "predict_ms_p95": None if not predict_s else 1000 * _quantile(predict_s, 0.95),
         "fits": fits,
-        "rows_scored": scored,
-        "accuracy": correct / scored if scored and task == "classification" else None,
-        "mae": abs_err / scored if scored and task != "classification" else None,
+        "rows_scored": quality.n,
+        "accuracy": metrics.get("accuracy"),
+        "mae": metrics.get("mae"),
         "peak_rss_mb": peak_rss_mb(),
         "describe": strategy.describe() if hasattr(strategy, "describe") else type(strategy).__name__,
     })

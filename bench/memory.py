@@ -42,8 +42,8 @@ How:
   overstates what the job really occupies; it is the conservative number. **PSS**
   splits shared pages between the processes that share them: its sum is closer to
   the job's real footprint.
-* Per batch, the driver's ``Collector`` is wrapped (as in ``runner_overhead.py``)
-  to timestamp each completed batch and note which learners fitted on it.
+* Per batch, a ``BatchLog`` observer (``run(observers=[...])``) takes the batch's
+  completion time in the driver and notes which learners fitted on it.
 * **Warm-up** ends at the later of ``--warmup`` (default 20 %) of the batches and the
   batch after the last learner's first fit (strategies that fit once a window is
   full allocate then; that is not growth). ``RSS warm`` is the median over the
@@ -96,7 +96,7 @@ for _p in (REPO, REPO / "bench"):
         sys.path.insert(0, str(_p))
 
 import tideflow as tf  # noqa: E402
-import tideflow.pipelines.run as run_mod  # noqa: E402
+from tideflow.pipelines.metrics.base import BatchRecord, Observer  # noqa: E402
 
 from _common import _loadavg, machine_info, retry_ray_start, write_json  # noqa: E402
 
@@ -301,17 +301,34 @@ class Sampler(threading.Thread):
 
 
 # -- per-batch timestamps -----------------------------------------------------------------
-_BATCHES: list[tuple[float, int, int, tuple[str, ...]]] = []  # (t, seq, rows, learners that fitted)
+Batches = list[tuple[float, int, int, tuple[str, ...]]]  # (t, seq, rows, learners that fitted)
 
 
-class _TimedCollector(run_mod.Collector):  # type: ignore[misc, valid-type]
-    def add(self, seq: int, rows: int, side: Any, results: dict[str, Any]) -> None:
-        super().add(seq, rows, side, results)
-        fitted = tuple(name for name, r in results.items() if getattr(r, "fits", 0))
-        _BATCHES.append((time.perf_counter(), seq, rows, fitted))
+class BatchLog(Observer):
+    """Per batch, in stream order: (completion time in the driver, seq, rows read, learners that fitted).
 
+    The time is the one the sampler's clock (``time.perf_counter``) gives, taken when the
+    collector recorded the batch, so batches and memory samples share one time axis. After
+    a recovery's rollback the batches that come again replace the ones recorded before,
+    so the log holds each batch of the run once.
+    """
 
-run_mod.Collector = _TimedCollector  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: Batches = []
+
+    def on_start(self, graph: Any) -> None:
+        self.batches = []
+
+    def on_batch(self, record: BatchRecord) -> None:
+        fitted = tuple(name for name, r in record.results.items() if r.fits)
+        self.batches.append((record.time, record.seq, record.rows, fitted))
+
+    def on_rollback(self, seq: int) -> None:
+        self.batches = [b for b in self.batches if b[1] <= seq]
+
+    def result(self) -> Batches:
+        return list(self.batches)
 
 
 # -- pipelines ----------------------------------------------------------------------------
@@ -360,7 +377,7 @@ def _slope_mib_per_min(samples: list[dict[str, Any]]) -> float | None:
     return 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
-def warmup_batch(batches: list[tuple[float, int, int, tuple[str, ...]]], frac: float) -> tuple[int, str]:
+def warmup_batch(batches: Batches, frac: float) -> tuple[int, str]:
     """Index of the batch that ends warm-up, and why (see the module docstring)."""
     n = len(batches)
     by_frac = min(n - 1, max(0, math.ceil(frac * n) - 1))
@@ -387,7 +404,7 @@ def wait_released(sampler: Sampler, t_start: float, t_end: float, settle: float)
             return
 
 
-def analyse(name: str, sampler: Sampler, batches: list[tuple[float, int, int, tuple[str, ...]]], *,
+def analyse(name: str, sampler: Sampler, batches: Batches, *,
             t_start: float, t_end: float, t_settled: float, frac: float, flat_pct: float) -> dict[str, Any]:
     run_samples = sampler.window(t_start, t_end)
     out: dict[str, Any] = {"part": name, "batches": len(batches), "events": sum(b[2] for b in batches),
@@ -463,7 +480,7 @@ def downsample(samples: list[dict[str, Any]], t0: float, points: int) -> dict[st
     }
 
 
-def batch_series(batches: list[tuple[float, int, int, tuple[str, ...]]], t0: float, points: int) -> dict[str, Any]:
+def batch_series(batches: Batches, t0: float, points: int) -> dict[str, Any]:
     n = len(batches)
     idx = sorted({round(i * (n - 1) / max(1, points - 1)) for i in range(min(n, points))}) if n else []
     fits = [i for i, b in enumerate(batches) if b[3]]
@@ -533,15 +550,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="tideflow-bench-memory-") as tmp:
             for name in parts:
                 pipeline, max_batches = PARTS[name](args)
-                _BATCHES.clear()
+                log = BatchLog()
                 t_start = time.perf_counter()
                 result = pipeline.run(runner="ray", tracking=False, progress=False, max_batches=max_batches,
-                                      checkpoint_every=args.checkpoint_every,
+                                      checkpoint_every=args.checkpoint_every, observers=[log],
                                       output_dir=Path(tmp) / name, max_in_flight=args.max_in_flight)
                 t_end = time.perf_counter()
                 wait_released(sampler, t_start, t_end, args.settle)
                 t_settled = time.perf_counter()
-                batches = list(_BATCHES)
+                batches = result.metrics[log.name]
                 row = analyse(name, sampler, batches, t_start=t_start, t_end=t_end, t_settled=t_settled,
                               frac=args.warmup, flat_pct=args.flat_pct)
                 row["rows"] = result.rows

@@ -15,9 +15,14 @@ Protocol:
 * At batch size ``B`` a measurement uses ``min(events, B * --max-batches)`` events
   (the first ones of the recording): small batches on Ray are slow, and this keeps the
   whole script short. The count used is printed and stored per row.
-* ``plain``: a hand-written loop over the very operators of the built graph
-  (``validate.process`` -> ``detect.process`` -> ``predict`` / score / ``learn``),
-  no runner, no collector.
+* ``plain``, the reference: what a user writes by hand without the engine, over the
+  very operators of the built graph. A bare ``for`` loop over the source's batches
+  passes each one through the data-path operators with the engine's public
+  ``run_chain`` (``validate`` -> ``detect``, side outputs drained), hands the drift
+  events to the strategy's ``on_drift``, then predicts, scores with the engine's
+  ``evaluation.score`` into a ``Scores`` total, and learns. No runner, no collector,
+  no learn step (no routing, label-delay queue, error detector or per-batch
+  records): what the runners add on top of that is what this script measures.
 * ``local`` / ``ray`` / ``ray-unfused``: ``run_graph`` with ``tracking=False, progress=False``;
   ``ray`` runs the data path inside the source actor (the default, ``ray_fuse_chain=True``),
   ``ray-unfused`` gives every data-path step its own actor (two more actor calls and
@@ -25,8 +30,8 @@ Protocol:
   ``ray.init`` is paid once, before any timing (``ensure_ray``); actor start-up is part
   of each Ray run, so the Ray ``events/s`` is the total (start-up included), and
   ``steady`` is events/s over the batches after the first ``max(3, 10%)``, from a
-  per-batch completion timestamp taken in the driver (the run module's ``Collector``
-  is wrapped in this process to record it; nothing in tideflow is changed).
+  per-batch completion timestamp taken in the driver by the engine's ``BatchTimes``
+  observer (``run(observers=[BatchTimes()])``, the same on both runners).
   ``startup`` is the time from the start of the run to the first batch completed.
 * Each measurement is repeated ``--repeats`` times; the table shows medians; every
   repeat is in the JSON.
@@ -58,45 +63,16 @@ if str(REPO) not in sys.path:  # run as a file from anywhere, without installing
     sys.path.insert(0, str(REPO))
 
 import tideflow as tf  # noqa: E402
-import tideflow.pipelines.run as run_mod  # noqa: E402
 from tideflow.connectors.recording import RecordingSource, record  # noqa: E402
 from tideflow.pipelines.evaluation import Scores, score  # noqa: E402
+from tideflow.pipelines.metrics.batch_times import BatchTimes, steady_state  # noqa: E402
+from tideflow.pipelines.runners.data_path import run_chain  # noqa: E402
 
 from _common import _fmt_eps, _fmt_ratio, _loadavg, _median, machine_info  # noqa: E402
 
 STREAM = "friedman-drift"
 RUNNERS = ("plain", "local", "ray", "ray-unfused")
 SEED = 0
-
-# -- per-batch timestamps -----------------------------------------------------------------
-# Both runners hand every finished batch to ``Collector.add`` in the driver, in stream
-# order; wrapping it gives one completion timestamp per batch on both runners.
-_LAST: dict[str, Any] = {}
-_BaseCollector = getattr(run_mod, "Collector", None)
-
-if _BaseCollector is not None:
-    class _TimedCollector(_BaseCollector):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.bench_t0 = time.perf_counter()
-            self.bench_ts: list[tuple[float, int]] = []
-            _LAST["collector"] = self
-
-        def add(self, seq: int, rows: int, *args: Any, **kwargs: Any) -> None:
-            super().add(seq, rows, *args, **kwargs)
-            self.bench_ts.append((time.perf_counter(), rows))
-
-    run_mod.Collector = _TimedCollector  # type: ignore[misc]
-
-
-def steady_state(ts: list[tuple[float, int]]) -> float | None:
-    """Events/s over the batches after the first ``max(3, 10%)`` (None when too few)."""
-    k = max(3, math.ceil(len(ts) * 0.1))
-    if len(ts) <= k:
-        return None
-    span = ts[-1][0] - ts[k - 1][0]
-    rows = sum(r for _, r in ts[k:])
-    return rows / span if span > 0 else None
 
 
 # -- the pipeline -------------------------------------------------------------------------
@@ -116,59 +92,55 @@ def make_pipeline(path: Path, batch_size: int) -> tf.Pipeline:
 
 
 def run_plain(path: Path, batch_size: int, max_batches: int | None) -> dict[str, Any]:
-    """The reference: the built graph's own operators, driven by a bare loop."""
+    """The reference (see the module docstring): the built graph's own operators in a bare loop.
+
+    Its parts are the engine's public ones (``run_chain``, ``score``, ``Scores``), so the
+    reference does the same data-path and scoring work as the runners, bit for bit: the
+    prequential MAE of every path must agree, which ``main`` checks.
+    """
     graph = make_pipeline(path, batch_size).build()  # validates and binds the strategy
     source = graph.source.op
     chain = [s.op for s in graph.chain]
     strategy = graph.learners[0].op
     target = strategy.target
-    task = strategy.problem
+    problem = strategy.problem
     total = Scores()
     rows = 0
     drift = 0
-    ts: list[tuple[float, int]] = []
+    ts: list[tuple[float, int]] = []  # (completion time, rows read), as BatchTimes records for the runners
     start = time.perf_counter()
     for seq, batch in enumerate(source.batches()):
         if max_batches is not None and seq >= max_batches:
             break
         n = len(batch)
-        current = batch
-        events = []
-        for op in chain:
-            if current is None or not len(current):
-                break
-            current = op.process(current)
-            events.extend(op.drain().drift_events)
+        current, events, _ = run_chain(chain, batch, [])
         for e in events:
             strategy.on_drift(e)
         if current is not None and len(current):
             preds = strategy.predict(current)  # test ...
-            s, _ = score(task, preds, current.numpy(target))
-            total.add(s)
+            total.add(score(problem, preds, current.numpy(target))[0])
             strategy.learn(current)  # ... then train
         drift += len(events)
         rows += n
         ts.append((time.perf_counter(), n))
     seconds = time.perf_counter() - start
     return {"rows": rows, "seconds": seconds, "eps": rows / seconds, "ts": ts, "t0": start,
-            "mae": total.metrics(task).get("mae"), "rows_scored": total.n, "drift_events": drift}
+            "mae": total.metrics(problem).get("mae"), "rows_scored": total.n, "drift_events": drift}
 
 
 def run_runner(runner: str, path: Path, batch_size: int, max_batches: int | None, *, out: Path,
                max_in_flight: int) -> dict[str, Any]:
-    _LAST.clear()
+    """One run of the engine; per-batch completion times come from its ``BatchTimes`` observer."""
     pipeline = make_pipeline(path, batch_size)
     fused = runner != "ray-unfused"
+    times = BatchTimes()
     result = pipeline.run(runner=runner.split("-")[0], tracking=False, progress=False, max_batches=max_batches,
-                          output_dir=out, max_in_flight=max_in_flight, ray_fuse_chain=fused)
-    coll = _LAST.get("collector")
+                          output_dir=out, max_in_flight=max_in_flight, ray_fuse_chain=fused, observers=[times])
+    bt = result.metrics[times.name]
     summary = result.summary.get("linear", {})
-    rec = {"rows": result.rows, "seconds": result.seconds, "eps": result.events_per_second,
-           "mae": summary.get("mae"), "rows_scored": summary.get("rows_scored"),
-           "drift_events": len(result.drift_events), "ts": None, "t0": None}
-    if coll is not None and len(coll.bench_ts) == result.batches:
-        rec["ts"], rec["t0"] = coll.bench_ts, coll.bench_t0
-    return rec
+    return {"rows": result.rows, "seconds": result.seconds, "eps": result.events_per_second,
+            "mae": summary.get("mae"), "rows_scored": summary.get("rows_scored"),
+            "drift_events": len(result.drift_events), "ts": bt["ts"], "t0": bt["t0"]}
 
 
 def derive(rec: dict[str, Any]) -> dict[str, Any]:
@@ -180,8 +152,6 @@ def derive(rec: dict[str, Any]) -> dict[str, Any]:
     out["first_batch_s"] = (ts[0][0] - rec["t0"]) if ts else None
     return out
 
-
-# -- environment --------------------------------------------------------------------------
 
 # -- main ---------------------------------------------------------------------------------
 

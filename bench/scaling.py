@@ -34,9 +34,9 @@ How:
 * Starting the cluster's nodes and connecting to it are outside all timings. Starting the
   actors is part of each run: ``ev/s`` is the total (start-up included); **steady
   ev/s** leaves it out: events/s over the batches after the first max(3, 10 %), from
-  driver-side completion timestamps of each batch (``runner_overhead.py``'s wrapped
-  ``Collector`` and ``steady_state``, imported from it). ``1st batch s`` is the time
-  to the first batch completed, mostly actor start-up.
+  driver-side completion timestamps of each batch (the engine's ``BatchTimes``
+  observer, passed with ``run(observers=[...])``, as in ``runner_overhead.py``).
+  ``1st batch s`` is the time to the first batch completed, mostly actor start-up.
 * ``vs first``: steady ev/s relative to the part's first row (1 learner; for nodes,
   the head-only run). ``learner ev/s`` = ``k x steady ev/s``.
 * Each run is repeated ``--repeats`` times (medians in the table; every repeat in
@@ -89,8 +89,8 @@ for _p in (REPO, REPO / "bench"):
 
 import tideflow as tf  # noqa: E402
 from tideflow.connectors.recording import RecordingSource, record  # noqa: E402
+from tideflow.pipelines.metrics.batch_times import BatchTimes  # noqa: E402
 
-import runner_overhead as ro  # noqa: E402  (wraps the run module's Collector: per-batch timestamps)
 from _common import _fmt_eps, _loadavg, _median, machine_info, retry_ray_start, write_json  # noqa: E402
 
 STREAM = "friedman-drift"
@@ -147,14 +147,13 @@ def _fmt_placement(p: dict[str, Any]) -> str:
 
 def one_run(ray: Any, path: Path, *, batch_size: int, learners: int, out: Path, max_in_flight: int,
             address: str | None, node_names: dict[str, str]) -> dict[str, Any]:
-    ro._LAST.clear()
     pipeline = make_pipeline(path, batch_size, learners)
     since_ms = time.time() * 1000 - 1
+    times = BatchTimes()
     result = pipeline.run(runner="ray", tracking=False, progress=False, output_dir=out,
-                          max_in_flight=max_in_flight, ray_address=address)
-    coll = ro._LAST.get("collector")
-    ts = coll.bench_ts if coll is not None and len(coll.bench_ts) == result.batches else None
-    steady = ro.steady_state(ts) if ts else None
+                          max_in_flight=max_in_flight, ray_address=address, observers=[times])
+    bt = result.metrics[times.name]
+    steady = bt["steady_eps"]
     maes = [s.get("mae") for s in result.summary.values()]
     errors = sum(s.get("errors", 0) for s in result.summary.values())
     time.sleep(1.0)  # let the killed actors' processes exit before the next timing
@@ -162,7 +161,7 @@ def one_run(ray: Any, path: Path, *, batch_size: int, learners: int, out: Path, 
         "learners": learners, "rows": result.rows, "batches": result.batches, "seconds": result.seconds,
         "eps": result.events_per_second, "steady_eps": steady,
         "learner_steady_eps": steady * learners if steady is not None else None,
-        "first_batch_s": (ts[0][0] - coll.bench_t0) if ts else None,
+        "first_batch_s": bt["first_batch_s"],
         "mae": maes[0] if maes else None,
         "mae_identical": bool(maes) and all(m is not None and abs(m - maes[0]) <= 1e-9 * max(1.0, abs(maes[0]))
                                             for m in maes),
@@ -371,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             "parts": parts, "repeats": args.repeats, "statistic": "median", "max_in_flight": args.max_in_flight,
             "learner": "RiverStrategy(StandardScaler | LinearRegression), one actor per learn step",
             "steady_state": "events/s over batches after the first max(3, ceil(10%)), from driver-side per-batch "
-                            "completion timestamps (runner_overhead.steady_state)",
+                            "completion timestamps (tideflow.pipelines.metrics.batch_times: BatchTimes, "
+                            "steady_state)",
             "eps": "total: rows / RunResult.seconds, actor start-up included; ray.init and node start excluded",
             "placement": "ray._private.state.actors(): node of each actor started during the run",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"),

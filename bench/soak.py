@@ -19,7 +19,8 @@ run does.
 
 Sampled every ``--interval`` s (default 5) by `bench/memory.py`'s sampler: RSS and PSS
 of the driver plus every Ray worker, Ray's own processes apart, and object-store use.
-Throughput per interval comes from the driver's per-batch timestamps.
+Throughput per minute comes from the driver's per-batch completion times, recorded by
+`bench/memory.py`'s ``BatchLog`` observer (``run(observers=[...])``).
 
 Growth: ``warm`` is the median RSS (and PSS) over the minute after ``--warmup-min``
 (default 2 minutes: torch, the replay buffer and MLflow's caches fill up first), ``end``
@@ -53,7 +54,7 @@ for p in (str(REPO), str(REPO / "bench")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import memory as mem  # noqa: E402  (its sampler and per-batch timestamps; wraps the Collector)
+import memory as mem  # noqa: E402  (its sampler, and the BatchLog observer for per-batch times)
 
 import tideflow as tf  # noqa: E402
 from tideflow.connectors.base import Source  # noqa: E402
@@ -128,19 +129,20 @@ def main(argv: list[str] | None = None) -> int:
 
     sampler = mem.Sampler(ray, args.interval, pss_every=1)
     sampler.start()
+    log = mem.BatchLog()
     with tempfile.TemporaryDirectory(prefix="tideflow-soak-") as tmp:
         deadline = time.time() + args.minutes * 60
         t0 = time.perf_counter()
         result = make_pipeline(deadline, args.batch).run(
             runner="ray", progress=False, tracking_uri=f"sqlite:///{tmp}/mlflow.db", experiment="soak",
             output_dir=Path(tmp) / "out", checkpoint_every=args.checkpoint_every,
-            checkpoint_dir=Path(tmp) / "ckpt")
+            checkpoint_dir=Path(tmp) / "ckpt", observers=[log])
         t_end = time.perf_counter()
     sampler.stop()
     ray.shutdown()
 
     samples = [s for s in sampler.samples if s["t"] <= t_end]
-    batches = mem._BATCHES
+    batches = result.metrics[log.name]
     minute = 60.0
     rows_out = []
     for k in range(int((t_end - t0) // minute) + 1):
