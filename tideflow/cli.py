@@ -1,6 +1,6 @@
 """The ``tideflow`` command: run ready pipelines, record streams, replay recordings.
 
-    tideflow run [PIPELINE] [--runner ray|local]       run a ready pipeline (default: drift on local Ray)
+    tideflow run [PIPELINE] [--runner ray|local]       run a ready pipeline (default: linkload on local Ray)
     tideflow record SOURCE -o stream.arrow             write a source to a recording
     tideflow replay stream.arrow --pipeline NAME|FILE  replay a recording through a pipeline
     tideflow compare linkload [--seeds 0,1,2]           run a comparison and write its table
@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`tideflow show x | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
         from tideflow.pipelines.checkpoint import CheckpointMismatch
         from tideflow.pipelines.graph import GraphError

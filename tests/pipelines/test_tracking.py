@@ -344,3 +344,28 @@ def test_tracking_server(mlflow_server: str, mlflow_server_root: Path, tmp_path:
     assert list((mlflow_server_root / "artifacts").rglob("ckpt.txt"))
     # Nothing leaked into the local working folder.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.txt", "dl"]
+
+
+def test_ready_pipeline_artifacts_go_to_the_runs_own_store(tmp_path, monkeypatch):
+    """A report's plots and tables go to the store the run was logged to (tracking_uri=...), not to
+    the default one of the working folder; pipelines carry their observers into every run."""
+    from mlflow import MlflowClient
+
+    import tideflow as tf
+    from tideflow.pipelines.metrics.batch_times import BatchTimes
+    from tideflow.pipelines.tracking import log_run_artifacts
+
+    monkeypatch.chdir(tmp_path)  # the default store would be ./mlflow.db
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    from river import linear_model
+
+    p = tf.Pipeline("artifacts").source(tf.SyntheticSource("friedman-drift", n=300, batch_size=100)).learn(
+        tf.RiverStrategy(linear_model.LinearRegression()), name="lin").observe(BatchTimes())
+    result = p.run(tracking_uri=uri, experiment="art", progress=False)
+    assert result.tracking_uri == uri and result.metrics["batch_times"]["batches"] == 3
+    table = tmp_path / "scores.json"
+    table.write_text("{}")
+    log_run_artifacts(result, [table])
+    assert [a.path for a in MlflowClient(uri).list_artifacts(result.run_id)] == ["graph.json", "scores.json",
+                                                                                 "summary.json"]
+    assert not (tmp_path / "mlflow.db").exists()

@@ -57,8 +57,9 @@ class Collector:
         self.graph = graph
         self.observers = tuple(observers)
         # per-batch metrics are summed over the batches of an interval and logged at most every
-        # `metrics_every_s` seconds (0: every batch): each MLflow point costs ~0.16 ms on SQLite
-        # and ~11 are written per strategy, which at 500-row batches added 18-31 % to a run
+        # `metrics_every_s` seconds (0: every batch): several points per strategy and batch,
+        # each one written to the store, would cost small batches a sizeable share of the run
+        # (bench/tracking_overhead.py)
         self.metrics_every_s = metrics_every_s
         self._last_log = time.monotonic() - metrics_every_s  # the first batch is logged at once
         self._pending_seq: int | None = None

@@ -57,6 +57,8 @@ class Pipeline:
         self._steps: list[Step] = []
         # callables (result) -> None run by the CLI after a run: tables, plots of a ready pipeline
         self.reporters: list[Any] = []
+        # metric observers every run of this pipeline gets (besides those run() is given)
+        self.observers: list[Any] = []
 
     # -- steps --------------------------------------------------------------------
     def source(self, source: Source, *, name: str = "source") -> Pipeline:
@@ -144,6 +146,17 @@ class Pipeline:
         self._steps.append(Step(name or default_name(sink), "sink", sink))
         return self
 
+    def observe(self, *observers: Any) -> Pipeline:
+        """Metric observers (`tideflow.pipelines.metrics`) for every run of this pipeline; their
+        results are in ``RunResult.metrics`` (each run starts them afresh: ``on_start``)."""
+        from tideflow.pipelines.metrics.base import Observer
+
+        for o in observers:
+            if not isinstance(o, Observer):
+                raise TypeError(f"observe() takes metric observers, got {type(o).__name__}")
+        self.observers.extend(observers)
+        return self
+
     def report(self, reporter: Any) -> Pipeline:
         """Add a reporter ``reporter(result)`` that the CLI calls after the run (tables, plots)."""
         self.reporters.append(reporter)
@@ -157,8 +170,17 @@ class Pipeline:
 
     def run(self, runner: str = "local", **options: Any) -> Any:
         """Validate the graph, then run it; options go to `tideflow.pipelines.run.run_graph` (`tideflow.pipelines.options`)."""
+        from tideflow.pipelines.options import RunOptions
         from tideflow.pipelines.run import run_graph
 
+        if self.observers:
+            given = options.get("options")
+            if isinstance(given, RunOptions):
+                import dataclasses
+
+                options["options"] = dataclasses.replace(given, observers=(*self.observers, *given.observers))
+            else:
+                options["observers"] = (*self.observers, *options.get("observers", ()))
         return run_graph(self.build(), runner=runner, **options)
 
     def __str__(self) -> str:

@@ -18,7 +18,7 @@ class TrainedStrategies(Mapping[str, Any]):
 
     On the Ray runner they arrive from the actors as pickled bytes (of the run's own
     objects, never read from disk) and are unpickled on first access, so that a driver
-    that never looks at them never imports what they are made of (torch, ~0.5 GB).
+    that never looks at them never imports what they are made of (torch: hundreds of MiB).
     """
 
     def __init__(self, objects: dict[str, Any] | None = None,
@@ -73,6 +73,8 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: held-out evaluations per learn step (task streams whose source has held-out sets)
     evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: the MLflow store the run was logged to (None: not tracked)
+    tracking_uri: str | None = None
 
     @property
     def events_per_second(self) -> float:

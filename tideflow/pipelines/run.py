@@ -170,6 +170,7 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
         extra={"restarts": collector.restarts, "restart_log": list(collector.restart_log)},
         strategies=strategies,
         evaluations={n: list(v) for n, v in collector.evaluations.items() if v},
+        tracking_uri=getattr(tracker, "tracking_uri", None),
     )
     summary_doc = {
         "pipeline": graph.name, "runner": runner, "rows": result.rows, "batches": result.batches,

@@ -74,8 +74,8 @@ class AvalancheStrategy(Strategy):
             ``"EWC"``, ``"LwF"``, ...) or a callable
             ``(model, optimizer, criterion, device) -> SupervisedTemplate``.
         n_classes: number of classes of the target.
-        target / features: columns (default: the schema's); features may be
-            scalar columns or one tensor column (flattened).
+        target / features: columns (default: the schema's); features may be any
+            scalar and tensor columns (tensors flattened), concatenated in order.
         hidden: width of the default one-hidden-layer MLP.
         model: optional ``callable(n_inputs, n_classes) -> nn.Module``.
         lr: SGD learning rate.  epochs: passes over each batch.  mb_size: minibatch size.

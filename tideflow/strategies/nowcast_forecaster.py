@@ -32,8 +32,8 @@ Targets (released setup)
 Training window and weights (released setup)
     The last ``window`` rows (1200), or, with ``lookback_column`` set, the last n
     rows where n is that column's value on the newest row (Variance Horizon).
-    Rows are weighted ``exp(-age / (recency * n))`` (age 0 = newest, ``recency``
-    0.9). No fit happens before the series has ``min_rows`` rows (default
+    The neural nets weight rows ``exp(-age / (recency * n))`` (age 0 = newest,
+    ``recency`` 0.9); `NowcastGBM` fits unweighted (its docstring says why). No fit happens before the series has ``min_rows`` rows (default
     ``window``); until then forecasts are persistence.
 Retraining (ours where noted)
     ``retrain="always"``: a fit at the end of every ``learn`` call, i.e. every

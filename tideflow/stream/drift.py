@@ -39,7 +39,9 @@ class PerformanceTrigger:
     (the paper's own definition could not be obtained, see docs/methods/variance-horizon.md):
     fed one matured forecast error per ``update``, it keeps the rolling mean of the last
     ``k`` errors; the *reference* is the mean of the first ``k`` errors after the last
-    trigger (or the start), i.e. the error of a freshly fitted model. The first
+    trigger (or after the warm-up), i.e. mostly the error of a freshly fitted model (a
+    pipeline re-fits at the end of the batch in which the trigger fired, so the errors of
+    that batch's remaining rows still come from the old model). The first
     ``warmup`` errors of the stream are skipped altogether (neither reference nor
     age: a model learning online from scratch, or a forecaster that answers
     persistence until its first fit, starts with errors that are no reference for

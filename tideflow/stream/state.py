@@ -190,8 +190,8 @@ def seal(state: Any) -> dict[str, Any]:
     """A snapshot as it travels from an actor to the driver: `to_plain` data, with any torch
     tensors packed into bytes by ``torch.save`` (read back by `unseal` with
     ``torch.load(weights_only=True)``). The driver only keeps and forwards it, so it never
-    has to import torch (about 470 MiB of resident memory) for a checkpoint of a
-    pipeline whose learners use it.
+    has to import torch (hundreds of MiB resident: bench/results/memory.json) for a
+    checkpoint of a pipeline whose learners use it.
 
     >>> unseal(seal({"w": [1.5, 2.5]}))
     {'w': [1.5, 2.5]}

@@ -35,7 +35,8 @@ Strategies (one `learn` step each, broadcast on the same stream):
   baseline, re-fitted every B = 24 / 96 / 288 samples on the latest 1344;
 * ``frozen_mlp`` / ``frozen_gru``: controls, fitted once, never updated;
 * ``hybrid_cfc``: the hybrid the paper suggests: the CfC liquid network plus a
-  re-fit whenever ADWIN on its own absolute error detects drift;
+  re-fit when ADWIN on its own absolute error detects drift (events before its first
+  fit, or while a re-fit is pending, are ignored: `LiquidForecaster`);
 * ``persistence``: the last value (a reference).
 
 `build` gives the pipeline (``set="default"``: CfC, IL B=96, hybrid, persistence
@@ -55,6 +56,10 @@ import numpy as np
 from tideflow.connectors.base import Source
 from tideflow.connectors.linkload import LinkLoadSource
 from tideflow.pipelines.dsl import Pipeline
+from tideflow.pipelines.metrics.convergence import TimeToConvergence
+from tideflow.pipelines.metrics.convergence import time_to_convergence as _time_to_convergence
+from tideflow.pipelines.metrics.segments import SegmentErrors
+from tideflow.pipelines.tracking import log_run_artifacts
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
 
@@ -117,63 +122,52 @@ def build(source: Source | None = None, *, topology: str = "abilene", scenario: 
             p.learn(strategy, name=name, detector=PROTOCOL["error_detector"])
         else:
             p.learn(strategy, name=name)
+    p.observe(*observers(source.metadata()))
     p.report(lambda result: report(result, source))
     return p
 
 
 # -- scoring ----------------------------------------------------------------------------
-def _rmse(e: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(e * e))) if len(e) else float("nan")
-
-
-def _mape(e: np.ndarray, y: np.ndarray) -> float:
-    ok = y != 0
-    return float(100 * np.mean(np.abs(e[ok]) / np.abs(y[ok]))) if ok.any() else float("nan")
-
-
-def time_to_convergence(ape: np.ndarray, failure: int, eval_start: int) -> int | None:
-    """Steps after ``failure`` until the forecaster's error is back to its pre-failure level.
-
-    ``ape`` holds one absolute percentage error per step (index = step). See the module
-    docstring for the definition; None means it never converged within the stream.
-    """
-    w, hold = PROTOCOL["rolling"], PROTOCOL["hold_steps"]
-    kernel = np.ones(w) / w
-    rolling = np.convolve(ape, kernel, mode="full")[: len(ape)]  # rolling[t] = mean(ape[t-w+1..t])
-    rolling[: w - 1] = np.nan
-    before = rolling[eval_start + w - 1: failure]
-    if not len(before) or np.all(np.isnan(before)):
-        return None
-    limit = PROTOCOL["tolerance"] * float(np.nanquantile(before, PROTOCOL["reference_quantile"]))
-    ok = rolling <= limit
-    n = len(ape)
-    for k in range(failure, n):
-        end = min(k + hold, n)
-        if ok[k:end].all():
-            return k - failure
-    return None
-
-
-def score_run(result: Any, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per strategy: RMSE/MAPE before, on the first day after and after the failure; TTC; compute."""
+def observers(metadata: dict[str, Any]) -> list[Any]:
+    """The protocol's metrics as run observers: RMSE/MAPE per segment and time to convergence
+    (none for a stream without a failure)."""
+    if metadata.get("failure_offset") is None:
+        return []
     failure = int(metadata["failure_offset"])
     eval_start = PROTOCOL["pretrain_steps"]
     day = PROTOCOL["steps_per_day"]
+    return [SegmentErrors({"before": (eval_start, failure), "day1": (failure, failure + day),
+                           "after": (failure + day, None)}),
+            TimeToConvergence(failure, eval_start=eval_start, rolling=PROTOCOL["rolling"],
+                              quantile=PROTOCOL["reference_quantile"], tolerance=PROTOCOL["tolerance"],
+                              hold=PROTOCOL["hold_steps"])]
+
+
+def time_to_convergence(ape: np.ndarray, failure: int, eval_start: int) -> int | None:
+    """Steps after ``failure`` until the forecaster's error is back to its pre-failure level
+    (the protocol's rule, `tideflow.pipelines.metrics.convergence`); None: never."""
+    return _time_to_convergence(ape, failure, eval_start, rolling=PROTOCOL["rolling"],
+                                quantile=PROTOCOL["reference_quantile"], tolerance=PROTOCOL["tolerance"],
+                                hold=PROTOCOL["hold_steps"])
+
+
+def score_run(result: Any, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per strategy: RMSE/MAPE before, on the first day after and after the failure; TTC; compute.
+
+    From the run's observers (`observers`), which `build` attaches; a run without them
+    (a pipeline built by hand) is scored by the same observers here, from its predictions.
+    """
+    metrics = dict(getattr(result, "metrics", {}))
+    if "segment_errors" not in metrics:
+        for obs in observers(metadata):
+            obs.on_start(None)
+            obs.on_finish(result)
+            metrics[obs.name] = obs.result()
+    segments, ttc = metrics["segment_errors"], metrics["time_to_convergence"]
     out: dict[str, dict[str, Any]] = {}
-    for name, arrays in result.predictions.items():
-        y = arrays["truth"]
-        e = arrays["prediction"] - y
-        steps = arrays["offset"]
-        if not np.array_equal(steps, np.arange(len(steps))):
-            raise ValueError("linkload scoring expects one row per step (links='target')")
-        ape = np.where(y != 0, 100 * np.abs(e) / np.where(y != 0, np.abs(y), 1), 0.0)
-        segments = {"before": slice(eval_start, failure), "day1": slice(failure, failure + day),
-                    "after": slice(failure + day, len(y))}
-        row: dict[str, Any] = {}
-        for seg, sl in segments.items():
-            row[f"rmse_{seg}"] = _rmse(e[sl])
-            row[f"mape_{seg}"] = _mape(e[sl], y[sl])
-        row["ttc_steps"] = time_to_convergence(ape, failure, eval_start)
+    for name in result.predictions:
+        row: dict[str, Any] = dict(segments[name])
+        row["ttc_steps"] = ttc[name]
         s = result.summary[name]
         row["fits"] = s["fits"]
         row["refits"] = max(0, s["fits"] - 1)
@@ -211,20 +205,8 @@ def report(result: Any, source: Any, *, plot: bool = True) -> dict[str, dict[str
     if plot:
         path = plot_forecasts(result, meta, result.output_dir / "linkload.png")
         console.print(f"plot: {path}")
-        if result.run_id:
-            _log_artifacts(result.run_id, [path, result.output_dir / "linkload_scores.json"])
+        log_run_artifacts(result, [path, result.output_dir / "linkload_scores.json"])
     return scores
-
-
-def _log_artifacts(run_id: str, paths: list[Path]) -> None:
-    import os
-
-    from mlflow import MlflowClient
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    for p in paths:
-        client.log_artifact(run_id, str(p))
 
 
 def plot_forecasts(result: Any, meta: dict[str, Any], path: Path) -> Path:

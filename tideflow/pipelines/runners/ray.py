@@ -117,7 +117,7 @@ def run_on_ray(graph: Graph, schema: Schema, collector: Collector, options: RunO
             collector.log_restart(restarts, type(exc).__name__, last["seq"] if last else -1)
             actors.kill(ray)
             # Ray learns of a lost node asynchronously: new actors placed at once can land on it
-            # (seen: a second restart right after the first). A short pause, longer each time.
+            # and fail again at once. A short pause, longer each time.
             time.sleep(min(5.0, 1.0 * restarts))
         finally:
             actors.kill(ray)

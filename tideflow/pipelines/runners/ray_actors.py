@@ -231,8 +231,9 @@ class Actors:
         cpus = _learner_cpus(graph, ray)
         self.sinks = bool(graph.sinks)
         # chaining: a graph whose only learner is one actor runs whole in the source actor
-        # (no process boundary per batch: on 2 cores two busy processes get ~1.2x, not 2x,
-        # the throughput of one, measured, so a hop costs more than it overlaps)
+        # (no process boundary per batch: on a small machine two busy processes do not get
+        # twice the throughput of one, so a hop costs more than it overlaps; measured in
+        # bench/runner_overhead.py)
         solo = graph.learners[0] if len(graph.learners) == 1 else None
         self.chained = fuse_chain and solo is not None and (solo.route.actors if solo.route else 1) == 1
         if self.chained:
