@@ -102,11 +102,13 @@ class Recorder(RiverStrategy):
 
 
 class Emitter(RiverStrategy):
-    """Raises an out-of-distribution event on its 3rd and 7th learn call."""
+    """Raises an out-of-distribution event while learning a batch that holds one of ``at``
+    (offsets; the event is at that offset). It depends on the data only, so a learner
+    restored from a checkpoint raises exactly what the uninterrupted one raised."""
 
-    def __init__(self, estimator: Any, **kwargs: Any) -> None:
+    def __init__(self, estimator: Any, *, at: tuple[int, ...] = (299, 699), **kwargs: Any) -> None:
         super().__init__(estimator, **kwargs)
-        self.calls = 0
+        self.at = tuple(at)
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -114,7 +116,7 @@ class Emitter(RiverStrategy):
 
     def learn(self, batch: Batch) -> StepReport:
         report = super().learn(batch)
-        self.calls += 1
-        if self.calls in (3, 7):
-            report.events.append(DriftEvent(batch.stream_id, int(batch.last_offset), "ood", "score", "", 0.9))
+        if len(batch):
+            for off in sorted(set(self.at) & set(batch.offsets.tolist())):
+                report.events.append(DriftEvent(batch.stream_id, int(off), "ood", "score", "", 0.9))
         return report
