@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tideflow.pipelines.ready import DEFAULT
 
     parser = argparse.ArgumentParser(prog="tideflow", description=__doc__,
+                                     epilog="--debug (anywhere): show the Python traceback of an error",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -289,24 +290,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what a user's mistake raises (a bad option, file, recording, pipeline file or graph, a cluster
+#: that cannot be reached): one line on stderr and exit status 2; ``--debug`` shows the traceback
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, SyntaxError, ImportError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}:{exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    generic = (TypeError, KeyError, OSError, ImportError)
+    return f"{type(exc).__name__}: {first}" if isinstance(exc, generic) and not isinstance(
+        exc, (FileNotFoundError, FileExistsError)) else first
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (`tideflow show x | head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as exc:
-        from tideflow.pipelines.checkpoint import CheckpointMismatch
-        from tideflow.pipelines.graph import GraphError
-
-        if isinstance(exc, (GraphError, FileNotFoundError, FileExistsError, CheckpointMismatch)) or \
-                type(exc) is ValueError:
-            print(f"tideflow: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except KeyboardInterrupt:
+        print("tideflow: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"tideflow: error: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -37,11 +37,22 @@ def recording(tmp_path_factory):
     return path
 
 
-def _pipeline(path, marker, at):
+def _pipeline(path, marker, at, cls=None):
     model = preprocessing.StandardScaler() | linear_model.LinearRegression()
     return (tf.Pipeline("recover").source(RecordingSource(path)).validate()
             .detect(tf.DetectDrift(on="x0"))
-            .learn(PauseOnce(model, marker=str(marker), at=at), name="lin", detector="ADWIN"))
+            .learn((cls or PauseOnce)(model, marker=str(marker), at=at), name="lin", detector="ADWIN"))
+
+
+class PacedPauseOnce(PauseOnce):
+    """Learns each batch in no less than 20 ms: checkpoints taken by time (every 50 ms) then come
+    several times before batch 25 on a machine of any speed."""
+
+    def learn(self, batch):
+        start = time.perf_counter()
+        report = super().learn(batch)
+        time.sleep(max(0.0, 0.02 - (time.perf_counter() - start)))
+        return report
 
 
 def _kill_when_marked(ray, marker: Path, step: str, killed: list[str]) -> threading.Thread:
@@ -167,7 +178,7 @@ def test_a_run_that_died_resumes_from_its_mlflow_artifacts(recording, tmp_path, 
     out = tmp_path / "out"
     with pytest.raises(ray.exceptions.RayActorError):
         # by time only: a checkpoint every 0.05 s
-        _pipeline(recording, marker, at=25).run(
+        _pipeline(recording, marker, at=25, cls=PacedPauseOnce).run(
             runner="ray", progress=False, tracking_uri=uri, experiment="ckpt-mlflow", output_dir=out,
             checkpoint_every=0, checkpoint_every_s=0.05, checkpoint_mlflow=True, max_restarts=0, max_in_flight=2,
             checkpoint_meta={"started_by": "the Python API"})
@@ -183,7 +194,7 @@ def test_a_run_that_died_resumes_from_its_mlflow_artifacts(recording, tmp_path, 
     folder = download(run.info.run_id, tmp_path / "restored", tracking_uri=uri)
     ckpts = sorted(folder.glob("ckpt-*.json"))
     assert len(ckpts) == 1 and 0 < int(ckpts[0].stem.split("-")[1]) < 25  # the newest slot, before the kill
-    resumed = _pipeline(recording, marker, at=25).run(
+    resumed = _pipeline(recording, marker, at=25, cls=PacedPauseOnce).run(
         runner="ray", tracking=False, progress=False, checkpoint_dir=folder, resume=True, max_in_flight=2)
     assert resumed.batches == BATCHES and resumed.summary["lin"]["samples_trained"] == BATCHES * ROWS
     assert comparable(resumed.per_batch) == comparable(baseline.per_batch)

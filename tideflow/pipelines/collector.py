@@ -74,6 +74,8 @@ class Collector:
         self.task_totals: dict[str, dict[Any, Scores]] = {s.name: {} for s in graph.learners}
         self.error_events = {s.name: 0 for s in graph.learners}  # the step's error detector fired
         self.emitted = {s.name: 0 for s in graph.learners}  # events the strategy raised
+        # rows each strategy could not use, per reason (StepReport.skipped)
+        self.skipped: dict[str, dict[str, int]] = {s.name: {} for s in graph.learners}
         self.boundaries = {s.name: 0 for s in graph.learners}
         # held-out evaluations (plain records: task, after which task, metrics), per learn step
         self.evaluations: dict[str, list[dict[str, Any]]] = {s.name: [] for s in graph.learners}
@@ -103,7 +105,8 @@ class Collector:
     # small state, copied whole at a checkpoint; the histories below only grow, so a
     # checkpoint records their lengths (a copy of them would cost O(run length) each time)
     _STATE = ("_window", "_window_parent", "_pending_seq", "totals", "task_totals", "compute", "extra",
-              "error_events", "emitted", "boundaries", "quarantine_counts", "rows", "batches", "last_seq")
+              "error_events", "emitted", "boundaries", "skipped", "quarantine_counts", "rows", "batches",
+              "last_seq")
 
     def checkpoint(self) -> dict[str, Any]:
         """The bookkeeping after the last added batch (see `rollback`): the small state, and
@@ -214,6 +217,9 @@ class Collector:
                 record["extra"] = dict(res.extra)
             if res.emitted:
                 record["events_emitted"] = len(res.emitted)
+            if res.skipped:
+                record["skipped"] = dict(res.skipped)
+            self._skipped(name, res.skipped)
             if res.boundaries:
                 record["task_boundaries"] = len(res.boundaries)
             self.per_batch[name].append(record)
@@ -271,10 +277,23 @@ class Collector:
             metrics["fits"] = float(c["fits"])
             # compute counters a strategy reports beside samples/fits/seconds (training rows, FLOPs, ...)
             metrics.update({f"cum_{k}": v for k, v in self.extra[name].items() if k in COMPUTE_EXTRA})
+            metrics.update({f"skipped.{k}": float(v) for k, v in self.skipped[name].items()})
             if self.errors[name]:
                 metrics["strategy_errors"] = float(len(self.errors[name]))
             if emit:
                 self.tracker.log_metrics(name, metrics, step=seq)
+
+    def _skipped(self, name: str, skipped: dict[str, int]) -> None:
+        """Rows a strategy could not use: counted per reason, and said once per reason."""
+        import logging
+
+        counts = self.skipped[name]
+        for reason, n in skipped.items():
+            if n and reason not in counts:
+                logging.getLogger("tideflow").warning(
+                    "strategy %r could not use %d row(s) of a batch (%s); counted in the summary's "
+                    "skipped_rows and MLflow's skipped.%s", name, n, reason, reason)
+            counts[reason] = counts.get(reason, 0) + int(n)
 
     def _tasks(self, name: str, res: LearnResult) -> None:
         if all(task is None for _, task in res.parts):
@@ -321,6 +340,7 @@ class Collector:
             c["fits"] += res.fits
             c["train_seconds"] += res.train_seconds
             add_extra(self.extra[name], res.extra)
+            self._skipped(name, res.skipped)
             self._emitted(name, res.emitted, self.batches, False)
             self.boundaries[name] += len(res.boundaries)
             self._evaluations(name, res, -1, False)
@@ -356,6 +376,7 @@ class Collector:
                 "error_drift_events": self.error_events[name],
                 "events_emitted": self.emitted[name],
                 "task_boundaries": self.boundaries[name],
+                "skipped_rows": dict(self.skipped[name]),
                 "extra": dict(self.extra[name]),
                 "errors": len(self.errors[name]),
                 "first_error": self.errors[name][0] if self.errors[name] else None,

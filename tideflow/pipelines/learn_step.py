@@ -53,6 +53,7 @@ class LearnResult:
     fits: int = 0
     train_seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)  # summed `StepReport.extra` counters
+    skipped: dict[str, int] = field(default_factory=dict)  # summed `StepReport.skipped`: rows not used
     events: list[DriftEvent] = field(default_factory=list)  # the step's error detector fired
     emitted: list[DriftEvent] = field(default_factory=list)  # the strategy raised (StepReport.events)
     boundaries: list[TaskBoundary] = field(default_factory=list)
@@ -69,6 +70,7 @@ class LearnResult:
         self.fits += other.fits
         self.train_seconds += other.train_seconds
         add_extra(self.extra, other.extra)
+        _add_counts(self.skipped, other.skipped)
         self.events.extend(other.events)
         self.emitted.extend(other.emitted)
         # every shard sees every batch, so each reports the same boundaries: keep one copy
@@ -84,6 +86,11 @@ class LearnResult:
 
     def by_task(self) -> dict[Any, Scores]:
         return by_task(self.parts)
+
+
+def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + int(v)
 
 
 def _merge_evaluations(into: list[dict[str, Any]], more: list[dict[str, Any]]) -> None:
@@ -240,8 +247,10 @@ class Learner:
             if det is not None:
                 try:
                     fired = det.update(errors, offsets=part.offsets, stream_id=part.stream_id)
+                    for w in det.take_warnings():
+                        inst.on_error_warning(w)
                     for e in fired:
-                        inst.on_drift(e)
+                        inst.on_error_drift(e)
                 except Exception as exc:  # noqa: BLE001 - a long-lived job must survive it
                     fired = []
                     result.errors.append(f"drift detector on offsets {part.first_offset}..{part.last_offset}: "
@@ -325,6 +334,7 @@ class Learner:
         result.fits += report.fits
         result.train_seconds += report.train_seconds
         add_extra(result.extra, report.extra)
+        _add_counts(result.skipped, report.skipped)
         for e in report.events:
             result.emitted.append(e if e.step else dataclasses.replace(e, step=self.name))
 

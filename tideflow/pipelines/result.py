@@ -105,6 +105,12 @@ def print_summary_table(result: RunResult) -> None:
     for name, s in result.summary.items():
         if s["errors"]:
             console.print(f"[red]{name}: {s['errors']} failed batch step(s); first: {s['first_error']}")
+        if s.get("skipped_rows"):
+            counts = ", ".join(f"{k}={v}" for k, v in sorted(s["skipped_rows"].items()))
+            console.print(f"[yellow]{name}: rows it could not use: {counts}")
+        if s.get("shortfall"):
+            console.print(f"[yellow]{name}: scored {s['rows_scored']} of the "
+                          f"{s['rows_scored'] + s['shortfall']} rows that reached it")
     upstream = [e for e in result.drift_events if e.step not in result.summary]
     if upstream:
         console.print(f"drift events from detectors: {len(upstream)} (first at offsets "

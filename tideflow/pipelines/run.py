@@ -172,6 +172,7 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
         evaluations={n: list(v) for n, v in collector.evaluations.items() if v},
         tracking_uri=getattr(tracker, "tracking_uri", None),
     )
+    _say_shortfall(result)
     summary_doc = {
         "pipeline": graph.name, "runner": runner, "rows": result.rows, "batches": result.batches,
         "seconds": round(seconds, 3), "events_per_second": round(result.events_per_second, 1),
@@ -189,7 +190,8 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
     for name, s in summary.items():
         tracker.log_metrics(name, {f"final_{k}": float(v) for k, v in s.items()
                                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                            | {f"final_{k}": float(v) for k, v in s["extra"].items()},
+                            | {f"final_{k}": float(v) for k, v in s["extra"].items()}
+                            | {f"final_skipped.{k}": float(v) for k, v in s["skipped_rows"].items()},
                             step=collector.batches)
     # a store that went down mid-run gets time to come back before the artifacts go
     tracker.flush(getattr(tracker, "end_wait_s", 0.0))
@@ -204,6 +206,22 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
     if callable(stats):
         result.extra["tracking"] = stats()
     return result
+
+
+def _say_shortfall(result: RunResult) -> None:
+    """A learn step that scored fewer rows than reached it says so, with what it knows of why."""
+    reached = result.rows - result.quarantined
+    for name, s in result.summary.items():
+        short = reached - s.get("rows_scored", 0)
+        if short <= 0:
+            continue
+        why = [f"{n} quarantined" for n in [result.quarantined] if n]
+        why += [f"{n} in {s['errors']} failed step(s)" for n in [s["errors"]] if n]
+        why += [f"{n} skipped ({reason})" for reason, n in sorted(s["skipped_rows"].items())]
+        s["shortfall"] = short
+        logging.getLogger("tideflow").warning(
+            "learn step %r scored %d of the %d rows that reached it (%s)", name, s.get("rows_scored", 0), reached,
+            "; ".join(why) if why else "rows routed away or not predicted")
 
 
 def _progress(enabled: bool, total: int | None, label: str) -> tuple[Any, Any]:

@@ -10,7 +10,9 @@ parameters as its configuration) with these methods (docs/architecture.md, "Cont
 * ``predict(batch) -> pa.Array``: one prediction per row, no side effects;
 * ``predict_scores(batch) -> ClassScores``: classifiers that can, one score per class
   and row (what task-incremental evaluation masks to a task's classes);
-* ``on_drift(event)``: optional reaction to a drift event;
+* ``on_drift(event)``: optional reaction to a drift event from elsewhere; its own error
+  detector's events (and warnings) arrive at ``on_error_drift`` (default: ``on_drift``) and
+  ``on_error_warning``;
 * ``on_task_boundary(boundary)``: optional reaction to the end of a task (the schema's
   task column changed, the source marked the end of a task, or a drift event was
   configured to count as one); called after the old task's last rows were learned.
@@ -52,6 +54,10 @@ class StepReport:
     extra: dict[str, float] = field(default_factory=dict)
     #: events the strategy raises while learning (see module docstring)
     events: list[DriftEvent] = field(default_factory=list)
+    #: rows of the batch the strategy could not use, per reason (``"time_not_after_newest"``,
+    #: ``"null_target"``, ...): the engine counts them in the summary and MLflow and warns
+    #: once per reason, so that no row is left out in silence
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,7 +150,17 @@ class Strategy(Stateful):
         raise NotImplementedError(f"{type(self).__name__} gives labels only, no per-class scores")
 
     def on_drift(self, event: DriftEvent) -> None:
-        """React to a drift event; the default ignores it."""
+        """React to a drift event from elsewhere (a detector on a column, another learn step's
+        strategy); the default ignores it."""
+
+    def on_error_drift(self, event: DriftEvent) -> None:
+        """The learn step's own error detector (``learn(..., detector=...)``) found drift in this
+        strategy's prequential error; the default treats it as any drift event (``on_drift``)."""
+        self.on_drift(event)
+
+    def on_error_warning(self, event: DriftEvent) -> None:
+        """The own error detector entered its warning zone (detectors that have one: DDM, EDDM,
+        HDDM_A, HDDM_W); the default ignores it."""
 
     def on_task_boundary(self, boundary: TaskBoundary) -> None:
         """React to the end of a task; the default ignores it."""

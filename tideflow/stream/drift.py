@@ -137,6 +137,14 @@ class RiverDetector:
         self.binary = ALIASES.get(detector, detector) in BINARY_DETECTORS
         self.n_detections = 0
         self.skipped = 0
+        self._in_warning = False  # the detector's warning zone (detectors that have one: DDM, EDDM, ...)
+        self._warnings: list[DriftEvent] = []
+
+    def take_warnings(self) -> list[DriftEvent]:
+        """Warnings since the last call: one event where a warning zone starts (detector
+        ``"<name>.warning"``), for the detectors that have one (River's binary detectors)."""
+        out, self._warnings = self._warnings, []
+        return out
 
     def update(self, values: np.ndarray, *, offsets: np.ndarray, stream_id: str) -> list[DriftEvent]:
         """Feed values in order; returns the detections. Values a detector cannot take (null,
@@ -163,18 +171,29 @@ class RiverDetector:
             vals, offsets = vals[ok], np.asarray(offsets)[ok]
         for v, off in zip(vals.tolist(), np.asarray(offsets).tolist()):
             update(v)
+            warning = bool(getattr(river, "warning_detected", False))
+            if warning and not self._in_warning:
+                self._warnings.append(DriftEvent(stream_id, int(off), f"{self.detector}.warning", self.statistic,
+                                                 self.step, v))
+            self._in_warning = warning
             if river.drift_detected:
                 self.n_detections += 1
+                self._in_warning = False
                 events.append(DriftEvent(stream_id, int(off), self.detector, self.statistic, self.step, v))
         return events
 
     def snapshot(self) -> dict[str, Any]:
-        return {"river": to_plain(self._river), "n_detections": self.n_detections, "skipped": self.skipped}
+        state = {"river": to_plain(self._river), "n_detections": self.n_detections, "skipped": self.skipped}
+        if self._in_warning:  # only when set: the snapshots of detectors without warnings keep their form
+            state["in_warning"] = True
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self._river = from_plain(state["river"])
         self.n_detections = state["n_detections"]
         self.skipped = state.get("skipped", 0)
+        self._in_warning = bool(state.get("in_warning", False))
+        self._warnings = []
 
 
 class DetectDrift(Operator):
