@@ -12,7 +12,21 @@ fit go to quarantine, each with a reason:
 ``nan`` / ``inf``       a non-finite float where the field does not allow it
 ``duplicate_offset``    an offset already seen (repeated delivery)
 ``out_of_order_offset`` an offset lower than one already accepted
+``time_out_of_order``   a time earlier than the newest time already accepted
+                        for the row's key (``time_order="quarantine"``)
 ======================  =====================================================
+
+Time order. When the schema declares a ``time`` role, time must not go back
+within a key (the schema's ``key`` role; the whole stream when there is none):
+a row whose time is earlier than the newest time accepted so far for its key is
+``time_out_of_order``. Ties are allowed (several rows of one key may share a
+time: a sensor that reports two values at once, stations on one clock), which is
+also the rule the nowcasters keep ("not after the newest"). Only rows that pass
+every other check move the newest time on: a row quarantined for its content
+never reached a learner, so its time (often the broken value itself) must not
+make the rows after it late. A null time (in a nullable time column) is not
+compared. ``time_order="keep"`` lets late rows through and counts them as
+``time_out_of_order_kept`` (not quarantined); ``"off"`` does not look at time.
 
 Quarantined rows travel as a small Arrow table (offset, reason, detail and the
 row as JSON, so that rows whose types are wrong can still be stored) and end in
@@ -39,6 +53,11 @@ import pyarrow.compute as pc
 from tideflow.stream.batch import OFFSET, Batch, is_tensor_type
 from tideflow.stream.operator import Operator, SideOutput
 from tideflow.stream.schema import Schema
+
+TIME_ORDER = ("quarantine", "keep", "off")
+
+#: reasons that are counted but whose rows go on (not quarantined)
+PASSED_REASONS = ("extra_field_dropped", "time_out_of_order_kept")
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -130,6 +149,11 @@ class Validate(Operator):
         check_offsets: quarantine duplicate and out-of-order offsets.
         offset_window: how many recent offsets per stream are remembered to tell a
             duplicate (seen before) from a late event (never seen).
+        time_order: with a ``time`` role in the schema, what to do with a row whose time is
+            earlier than the newest time of its key: ``"quarantine"`` it (default, reason
+            ``time_out_of_order``), ``"keep"`` it and count it (``time_out_of_order_kept``),
+            or ``"off"``: no check. The time column must be orderable (timestamp, date,
+            duration, integer or float) unless ``"off"``.
         name: the step name written into quarantine records.
     """
 
@@ -142,25 +166,41 @@ class Validate(Operator):
         extra: str = "quarantine",
         check_offsets: bool = True,
         offset_window: int = 4096,
+        time_order: str = "quarantine",
         name: str = "validate",
     ) -> None:
         if extra not in ("quarantine", "drop"):
             raise ValueError(f"extra must be 'quarantine' or 'drop', got {extra!r}")
+        if time_order not in TIME_ORDER:
+            raise ValueError(f"time_order must be one of {TIME_ORDER}, got {time_order!r}")
+        if schema.time is not None and time_order != "off":
+            ttype = schema.fields[schema.time].type
+            if not _orderable(ttype):
+                raise ValueError(
+                    f"time column {schema.time!r} is {ttype}, which has no time order: declare it as a "
+                    f"timestamp, date, duration or number (TableSource parses text times), or pass "
+                    f"time_order='off'"
+                )
         self.schema = schema
         self.extra = extra
         self.check_offsets = check_offsets
         self.offset_window = offset_window
+        self.time_order = time_order
         self.name = name
         self.counts: dict[str, int] = {}
         self.rows_in = 0
         self.rows_out = 0
         self._last_offset: dict[str, int] = {}
         self._recent: dict[str, deque[int]] = {}
+        # stream id -> key value -> newest accepted time, as the number `_time_numbers` reads
+        self._newest: dict[str, dict[Any, int | float]] = {}
         self._pending: list[pa.Table] = []
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
-        return {"schema": Schema({"x": "float64", "y": "float64"}, target="y")}
+        # The check stream has no time column; declaring ``x`` (random, so it goes back
+        # often) as the time makes the suite exercise the newest-time state and its snapshot.
+        return {"schema": Schema({"x": "float64", "y": "float64"}, target="y", time="x")}
 
     def _count(self, reasons: list[str]) -> None:
         c = Counter(self.counts)
@@ -246,6 +286,19 @@ class Validate(Operator):
             if running is not None:
                 self._last_offset[batch.stream_id] = running
 
+        tname = self.schema.time
+        if tname is not None and self.time_order != "off" and tname in columns:
+            late, why = self._late_rows(batch, columns, bad)
+            if late.any():
+                if self.time_order == "quarantine":
+                    # late rows passed every other check, so this is their only reason
+                    for i, text in why.items():
+                        reason[i] = "time_out_of_order"
+                        detail[i] = text
+                    bad |= late
+                else:
+                    self._count(["time_out_of_order_kept"] * int(late.sum()))
+
         if bad.any():
             idx = np.flatnonzero(bad)
             self._pending.append(
@@ -262,6 +315,46 @@ class Validate(Operator):
         self.rows_out += data.num_rows
         return Batch(data, batch.stream_id, batch.end_of_task)
 
+    def _late_rows(self, batch: Batch, columns: dict[str, pa.Array], bad: np.ndarray
+                   ) -> tuple[np.ndarray, dict[int, str]]:
+        """Rows whose time is earlier than the newest accepted time of their key, and why;
+        moves each key's newest time on over the rows that passed every other check."""
+        n = len(batch)
+        tcol = columns[self.schema.time]  # type: ignore[index]
+        times = _time_numbers(tcol)
+        eligible = ~bad & tcol.is_valid().to_numpy(zero_copy_only=False)
+        if self.schema.key is not None and self.schema.key in columns:
+            keys = [_plain_key(k) for k in columns[self.schema.key].to_pylist()]
+        else:
+            keys = [None] * n
+        groups: dict[Any, list[int]] = {}
+        for i in np.flatnonzero(eligible).tolist():
+            groups.setdefault(keys[i], []).append(i)
+        newest = self._newest.setdefault(batch.stream_id, {})
+        late = np.zeros(n, dtype=bool)
+        why: dict[int, str] = {}
+        for key, rows in groups.items():
+            idx = np.asarray(rows, dtype=np.int64)
+            values = times[idx]
+            # the newest time before each row: the key's newest so far, then the running
+            # maximum of this batch's rows (late rows are below it, so they never raise it)
+            before = np.empty_like(values)
+            prior = newest.get(key)
+            before[0] = prior if prior is not None else _lowest(values.dtype)
+            if len(values) > 1:
+                before[1:] = np.fmax.accumulate(values[:-1])
+                if prior is not None:
+                    before[1:] = np.fmax(before[1:], prior)
+            is_late = values < before  # ties pass
+            late[idx[is_late]] = True
+            for i, b in zip(idx[is_late].tolist(), before[is_late].tolist()):
+                who = "" if self.schema.key is None else f"{self.schema.key}={key}: "
+                why[i] = f"{who}{_time_text(times[i], tcol.type)} < {_time_text(b, tcol.type)}"
+            top = np.fmax.reduce(values)
+            if prior is None or top > prior:
+                newest[key] = top.item()
+        return late, why
+
     def drain(self) -> SideOutput:
         out = SideOutput(quarantine=self._pending)
         self._pending = []
@@ -269,13 +362,14 @@ class Validate(Operator):
 
     @property
     def quarantined(self) -> int:
-        return sum(v for k, v in self.counts.items() if k != "extra_field_dropped")
+        return sum(v for k, v in self.counts.items() if k not in PASSED_REASONS)
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "counts": dict(self.counts),
             "last_offset": dict(self._last_offset),
             "recent": {k: list(v) for k, v in self._recent.items()},
+            "newest_time": {k: dict(v) for k, v in self._newest.items()},
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
         }
@@ -284,9 +378,48 @@ class Validate(Operator):
         self.counts = dict(state["counts"])
         self._last_offset = dict(state["last_offset"])
         self._recent = {k: deque(v, maxlen=self.offset_window) for k, v in state["recent"].items()}
+        # snapshots from before the time-order check have no newest times: nothing seen yet
+        self._newest = {k: dict(v) for k, v in state.get("newest_time", {}).items()}
         self.rows_in = state["rows_in"]
         self.rows_out = state["rows_out"]
         self._pending = []
+
+
+def _orderable(t: pa.DataType) -> bool:
+    return (pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_duration(t)
+            or pa.types.is_integer(t) or pa.types.is_floating(t))
+
+
+def _time_numbers(col: pa.Array) -> np.ndarray:
+    """A time column as numbers that order like it: int64 in the column's own unit (exact,
+    also for nanosecond timestamps), float64 for floats; nulls read as 0 (callers skip them)."""
+    t = col.type
+    if pa.types.is_floating(t):
+        return pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(t):
+        return pc.cast(col, pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    storage = pa.int32() if t.bit_width == 32 else pa.int64()
+    return col.view(storage).cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+
+
+def _time_text(value: Any, t: pa.DataType) -> str:
+    """A number from `_time_numbers` written as the column's own value (for quarantine details)."""
+    if pa.types.is_floating(t) or pa.types.is_integer(t):
+        return str(value)
+    storage = pa.int32() if t.bit_width == 32 else pa.int64()
+    return str(pa.array([int(value)], pa.int64()).cast(storage).view(t)[0].as_py())
+
+
+def _lowest(dtype: np.dtype) -> Any:
+    return -np.inf if dtype.kind == "f" else np.iinfo(np.int64).min
+
+
+def _plain_key(value: Any) -> Any:
+    # snapshot keys must be plain scalars; a key column of another type (dates, decimals)
+    # is stored by its text, which is one-to-one within one column type
+    if value is None or type(value) in (str, int, float, bool, bytes):
+        return value
+    return str(value)
 
 
 def _one(n: int, i: int) -> np.ndarray:
