@@ -13,6 +13,7 @@ from tideflow.connectors.synthetic import SyntheticSource, source_from_spec
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.graph import Graph, GraphError, Keyed
 from tideflow.pipelines.options import CheckpointOptions, RayOptions, RunOptions
+from tideflow.pipelines.prediction_sink import PredictionSink
 from tideflow.pipelines.result import RunResult
 from tideflow.pipelines.run import run_graph
 from tideflow.stream.batch import Batch, tensor_array
@@ -36,7 +37,7 @@ __all__ = [
     "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
-    "RunOptions", "RayOptions", "CheckpointOptions", "TaskBoundary", "ClassScores",
+    "RunOptions", "RayOptions", "CheckpointOptions", "TaskBoundary", "ClassScores", "PredictionSink",
     "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
     "NowcastPersistence", "NowcastSeasonal",
 ]

@@ -28,11 +28,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="ray: one actor per step on local Ray or RAY_ADDRESS (default); local: one process")
     add_cli_arguments(p)  # every run option's flag, from tideflow.pipelines.options
     p.add_argument("--json", default=None, help="also write the summary as JSON to this path")
+    p.add_argument("--predictions", default=None, metavar="PATH",
+                   help="write every scored row with each strategy's prediction to PATH (.parquet or .csv)")
 
 
 def _run(pipeline: Any, args: argparse.Namespace) -> int:
     from tideflow.pipelines.options import from_cli_args
 
+    if getattr(args, "predictions", None):
+        from tideflow.pipelines.prediction_sink import PredictionSink
+
+        pipeline.observe(PredictionSink(args.predictions))
     print(pipeline)
     result = pipeline.run(
         runner=args.runner,
@@ -53,12 +59,38 @@ def _run(pipeline: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _value(text: str) -> Any:
+    """A ``--set`` value: int, float, true/false, none, else the text itself (lists stay 'a,b')."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _settings(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` options (repeatable) as keyword arguments."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        out[key.strip().replace("-", "_")] = _value(value)
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tideflow.connectors.synthetic import source_from_spec
     from tideflow.pipelines.ready import load_pipeline
 
     source = source_from_spec(args.source) if args.source else None
-    return _run(load_pipeline(args.pipeline, source=source), args)
+    return _run(load_pipeline(args.pipeline, source=source, **_settings(args.set)), args)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -68,7 +100,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     source = RecordingSource(args.recording, batch_size=args.batch_size, speed=args.speed)
     if args.start_offset:
         source.seek(args.start_offset)
-    return _run(load_pipeline(args.pipeline, source=source), args)
+    return _run(load_pipeline(args.pipeline, source=source, **_settings(args.set)), args)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -86,6 +118,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    # `--set full` / `--set default` (a linkload strategy set, before --set took key=value)
+    legacy = [v for v in (args.set or []) if "=" not in v]
+    settings = _settings([v for v in (args.set or []) if "=" in v])
+    if legacy:
+        if args.experiment_name != "linkload" or len(legacy) > 1:
+            raise ValueError(f"--set takes key=value, got {legacy[0]!r}")
+        settings["set"] = legacy[0]
     if args.experiment_name == "nowcast":
         from tideflow.pipelines.ready.nowcast import compare as compare_nowcast
 
@@ -93,17 +132,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
         doc = compare_nowcast(stations=split(args.stations) if args.stations else None,
                               targets=split(args.targets) if args.targets else None,
                               models=split(args.models) if args.models else None, runner=args.runner,
-                              tracking=args.tracking, out=out, jobs=args.jobs, hours=args.hours)
+                              tracking=args.tracking, out=out, jobs=args.jobs, hours=args.hours,
+                              source=args.source, **settings)
         print(out.with_suffix(".md").read_text())
         print(f"wrote {out.with_suffix('.json')} and .md in {doc['seconds']:.0f} s")
         return 0
     from tideflow.pipelines.ready.linkload import compare
 
     args.out = args.out or "results/linkload"
-    doc = compare(topologies=split(args.topologies), scenarios=split(args.scenarios),
-                  seeds=[int(x) for x in split(args.seeds)], set=args.set, normalisation=args.normalisation,
+    if args.source:
+        raise ValueError("compare linkload runs the protocol's simulated streams: choose them with --topologies, "
+                         "--scenarios and --set (e.g. --set failures=...), not --source")
+    topologies = [settings.pop("topology")] if "topology" in settings else split(args.topologies)
+    scenarios = [settings.pop("scenario")] if "scenario" in settings else split(args.scenarios)
+    seeds = [int(settings.pop("seed"))] if "seed" in settings else [int(x) for x in split(args.seeds)]
+    settings.setdefault("set", "full")
+    doc = compare(topologies=topologies, scenarios=scenarios, seeds=seeds, normalisation=args.normalisation,
                   runner=args.runner, tracking=args.tracking, out=Path(args.out), progress=not args.no_progress,
-                  jobs=args.jobs)
+                  jobs=args.jobs, **settings)
     print(Path(args.out).with_suffix(".md").read_text())
     print(f"wrote {Path(args.out).with_suffix('.json')} and .md in {doc['seconds']:.0f} s")
     return 0
@@ -186,12 +232,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from tideflow.pipelines.ready import load_pipeline
+    from tideflow.connectors.synthetic import source_from_spec
+    from tideflow.pipelines.ready import describe_options, load_pipeline
 
-    pipeline = load_pipeline(args.pipeline)
+    name = args.pipeline
+    if ":" in name and not name.endswith(".py"):  # `show linkload:topology=polska`: a ready pipeline with options
+        name, _, rest = name.partition(":")
+        args.set = [*(p for p in rest.split(",") if p), *(args.set or [])]
+    source = source_from_spec(args.source) if args.source else None
+    pipeline = load_pipeline(name, source=source, **_settings(args.set))
     graph = pipeline.build()
     print(graph)
     print(f"graph hash: {graph.fingerprint()}")
+    options = describe_options(name)
+    if options:
+        print(f"\noptions (--set key=value):\n{options}")
     return 0
 
 
@@ -225,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", nargs="?", default=DEFAULT, help=f"ready pipeline name or file.py (default {DEFAULT})")
     p.add_argument("--source", default=None,
                    help="replace the pipeline's source: NAME[:key=value,...] or a recording.arrow")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a pipeline option (repeatable; `tideflow show PIPELINE` lists them)")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -235,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=None,
                    help="replay at k x real time (needs a time column); default: as fast as possible")
     p.add_argument("--start-offset", type=int, default=0, help="seek to this offset first")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a pipeline option (repeatable; `tideflow show PIPELINE` lists them)")
     _add_run_options(p)
     p.set_defaults(func=cmd_replay)
 
@@ -250,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topologies", default="abilene,geant")
     p.add_argument("--scenarios", default="drastic,moderate")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--set", default="full", help="strategy set: full or default")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a comparison option (repeatable): linkload: topology, scenario, seed, set (full or "
+                        "default), strategies, failures, ...; nowcast: window, features, seed")
+    p.add_argument("--source", default=None,
+                   help="nowcast: run on this recording or source spec instead of the weather feed")
     p.add_argument("--normalisation", default="global", choices=("global", "window"))
     p.add_argument("--runner", default="local", choices=("local", "ray"))
     p.add_argument("--tracking", action="store_true", help="log every run to MLflow (off: many points)")
@@ -281,8 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the tideflow command, after --: e.g. -- run linkload --runner ray")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("show", help="print a pipeline's graph after validating it")
+    p = sub.add_parser("show", help="print a pipeline's graph after validating it, and its options")
     p.add_argument("pipeline", nargs="?", default=DEFAULT)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline option (repeatable)")
+    p.add_argument("--source", default=None, help="the source to show the pipeline with (spec or recording)")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("list", help="list ready pipelines and sources")

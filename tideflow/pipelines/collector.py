@@ -53,9 +53,12 @@ class Collector:
     """Driver-side bookkeeping of one run (see module docstring)."""
 
     def __init__(self, graph: Graph, *, tracker: Any, output_dir: Path, progress: Any,
-                 metrics_every_s: float = 1.0, observers: tuple[Observer, ...] = ()) -> None:
+                 metrics_every_s: float = 1.0, observers: tuple[Observer, ...] = (),
+                 retain_predictions: bool = True) -> None:
         self.graph = graph
         self.observers = tuple(observers)
+        # predictions held for the result (False: they only pass by, to observers that stream them)
+        self.retain_predictions = retain_predictions
         # per-batch metrics are summed over the batches of an interval and logged at most every
         # `metrics_every_s` seconds (0: every batch): several points per strategy and batch,
         # each one written to the store, would cost small batches a sizeable share of the run
@@ -82,7 +85,7 @@ class Collector:
         self.compute = {s.name: {"samples": 0, "fits": 0, "train_seconds": 0.0} for s in graph.learners}
         self.extra: dict[str, dict[str, float]] = {s.name: {} for s in graph.learners}
         self.errors: dict[str, list[str]] = {s.name: [] for s in graph.learners}
-        self.predictions: dict[str, list[tuple[list[int], list[Any], list[Any]]]] = {
+        self.predictions: dict[str, list[tuple[list[Any], ...]]] = {
             s.name: [] for s in graph.learners}
         self.per_batch: dict[str, list[dict[str, Any]]] = {s.name: [] for s in graph.learners}
         self.quarantine_counts: dict[str, int] = {}
@@ -128,7 +131,8 @@ class Collector:
             "evaluations": {n: self.evaluations[n][lo.get("evaluations", {}).get(n, 0):k]
                             for n, k in upto.get("evaluations", {}).items()},
             "per_batch": {n: self.per_batch[n][lo["per_batch"].get(n, 0):k] for n, k in upto["per_batch"].items()},
-            "predictions": {n: [list(map(list, p)) for p in self.predictions[n][lo["predictions"].get(n, 0):k]]
+            "predictions": {n: [[list(x) if x is not None else None for x in p]
+                                for p in self.predictions[n][lo["predictions"].get(n, 0):k]]
                             for n, k in upto["predictions"].items()},
             "errors": {n: self.errors[n][lo["errors"].get(n, 0):k] for n, k in upto["errors"].items()},
             "events": [e.to_dict() for e in self.events[lo["events"]:upto["events"]]],
@@ -232,7 +236,8 @@ class Collector:
             self._emitted(name, res.emitted, seq, replay)
             self.boundaries[name] += len(res.boundaries)
             self._evaluations(name, res, seq, replay)
-            self.predictions[name].extend(res.predictions)
+            if self.retain_predictions:
+                self.predictions[name].extend(res.predictions)
             if res.errors:
                 self._errors(name, res.errors)
         self._pending_seq = seq

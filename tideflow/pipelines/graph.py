@@ -235,7 +235,11 @@ class Graph:
             if s.kind == "learn":
                 extra = f"  [{s.route.describe() if s.route else 'broadcast'}"
                 extra += f", cpus={s.num_cpus if s.num_cpus is not None else 'auto'}, gpus={s.num_gpus}"
-                extra += f", error detector={s.detector}]" if s.detector else "]"
+                extra += f", error detector={s.detector} -> on_error_drift" if s.detector else ""
+                senders = [d.name for d in self.chain if d.kind == "detect" and (d.to is None or s.name in d.to)]
+                extra += f", events from {', '.join(senders)} -> on_drift" if senders else ""
+                extra += f", task boundaries: {', '.join(s.boundaries)}]" if s.boundaries != DEFAULT_BOUNDARIES \
+                    else "]"
             if s.to is not None:
                 extra = f"  -> {', '.join(s.to)}"
             lines.append(f"  {arrow} {s.kind:<9} {s.name:<{width}}  {s.describe()}{extra}")

@@ -60,8 +60,9 @@ class LearnResult:
     #: held-out evaluations done at task boundaries (and at the end of the stream)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # strategy exceptions, one line each
-    # (offsets, predictions, truth) per scored part, when the run keeps predictions
-    predictions: list[tuple[list[int], list[Any], list[Any]]] = field(default_factory=list)
+    # (offsets, predictions, truth, keys, times) per scored part, when the run keeps predictions
+    # (keys / times: the schema's key and time columns, None where it has none)
+    predictions: list[tuple[list[Any], ...]] = field(default_factory=list)
 
     def merge(self, other: LearnResult) -> None:
         """Add another actor's share of the same batch (keyed steps spread over actors)."""
@@ -242,7 +243,8 @@ class Learner:
             else:
                 result.parts.update(self._task_parts(k, part, preds, truth))
             if self.keep_predictions:
-                result.predictions.append((part.offsets.tolist(), preds.to_pylist(), truth.tolist()))
+                result.predictions.append((part.offsets.tolist(), preds.to_pylist(), truth.tolist(),
+                                           self._column(part, self.schema.key), self._column(part, self.schema.time)))
             det = self._detector(k)
             if det is not None:
                 try:
@@ -263,6 +265,10 @@ class Learner:
         self._queue_learning(seq, batch, tasks)
         self._drain_queue(seq, result)
         return result
+
+    @staticmethod
+    def _column(batch: Batch, name: str | None) -> list[Any] | None:
+        return batch.column(name).to_pylist() if name is not None and name in batch.column_names else None
 
     def _tasks(self, batch: Batch) -> np.ndarray | None:
         if self.task_column is None or self.task_column not in batch.column_names:

@@ -76,9 +76,12 @@ def run_graph(graph: Graph, *, runner: str = "local", options: RunOptions | None
     store = _checkpoint_store(graph, runner, opts, ckpt, out)
     out.mkdir(parents=True, exist_ok=True)
     observers = opts.observers
-    keep_predictions = opts.keep_predictions or any(o.needs_predictions for o in observers)
-    if keep_predictions != opts.keep_predictions:
-        opts = dataclasses.replace(opts, keep_predictions=True)
+    # learn steps send their predictions when the run keeps them or an observer reads them; the
+    # collector holds them (memory grows with the stream) only when the result must have them
+    retain = opts.keep_predictions or any(o.needs_predictions for o in observers)
+    emit = retain or any(o.streams_predictions for o in observers)
+    if emit != opts.keep_predictions:
+        opts = dataclasses.replace(opts, keep_predictions=emit)
 
     if opts.tracking:
         from tideflow.pipelines.tracking import Tracker
@@ -106,7 +109,7 @@ def run_graph(graph: Graph, *, runner: str = "local", options: RunOptions | None
         total = min(total, opts.max_batches * per_batch)
     bar, advance = _progress(opts.progress, total, f"{graph.name} [{runner}]")
     collector = Collector(work, tracker=tracker, output_dir=out, progress=advance,
-                          metrics_every_s=opts.metrics_every_s, observers=observers)
+                          metrics_every_s=opts.metrics_every_s, observers=observers, retain_predictions=retain)
     for obs in observers:
         obs.on_start(work)
     start = time.perf_counter()
@@ -128,6 +131,9 @@ def run_graph(graph: Graph, *, runner: str = "local", options: RunOptions | None
         if bar is not None:
             bar.stop()
         seconds = time.perf_counter() - start
+        if status != "FINISHED":
+            for obs in observers:
+                obs.on_abort()
         result = _finish(graph, runner, collector, tracker, out, seconds, strategies, status)
     for obs in observers:
         obs.on_finish(result)
@@ -215,13 +221,12 @@ def _say_shortfall(result: RunResult) -> None:
         short = reached - s.get("rows_scored", 0)
         if short <= 0:
             continue
-        why = [f"{n} quarantined" for n in [result.quarantined] if n]
-        why += [f"{n} in {s['errors']} failed step(s)" for n in [s["errors"]] if n]
-        why += [f"{n} skipped ({reason})" for reason, n in sorted(s["skipped_rows"].items())]
+        why = [f"{s['errors']} failed batch step(s)"] if s["errors"] else []
+        why += [f"{n} skipped as {reason}" for reason, n in sorted(s["skipped_rows"].items())]
         s["shortfall"] = short
         logging.getLogger("tideflow").warning(
             "learn step %r scored %d of the %d rows that reached it (%s)", name, s.get("rows_scored", 0), reached,
-            "; ".join(why) if why else "rows routed away or not predicted")
+            "; ".join(why) if why else "rows the data path dropped, or not predicted")
 
 
 def _progress(enabled: bool, total: int | None, label: str) -> tuple[Any, Any]:

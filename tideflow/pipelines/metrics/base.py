@@ -35,8 +35,11 @@ class BatchRecord:
 class Observer:
     """Base of the metric observers (see module docstring)."""
 
-    #: the run keeps every prediction (``LearnResult.predictions``) when an observer needs them
+    #: the run keeps every prediction in ``RunResult.predictions`` when an observer needs them
     needs_predictions: ClassVar[bool] = False
+    #: the learn steps send their predictions with every batch (``record.results[step].predictions``:
+    #: (offsets, predictions, truth, keys, times) per part) without the run holding them all
+    streams_predictions: ClassVar[bool] = False
     name: str = ""
 
     def __init__(self) -> None:
@@ -54,6 +57,9 @@ class Observer:
 
     def on_finish(self, result: Any) -> None:
         """After the run (``result``: the `RunResult`, its ``metrics`` not filled in yet)."""
+
+    def on_abort(self) -> None:
+        """The run failed: release what the observer holds open (files); no result follows."""
 
     def result(self) -> Any:
         """The observer's figure, stored in ``RunResult.metrics[self.name]``."""

@@ -25,6 +25,41 @@ PIPELINES: dict[str, Callable[..., Pipeline]] = {
 DEFAULT = "linkload"
 
 
+def _check_options(name: str, build: Callable[..., Pipeline], options: dict[str, Any]) -> None:
+    import inspect
+
+    params = inspect.signature(build).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for pipeline {name!r}; it takes: {', '.join(known)} "
+                         f"(tideflow show {name} describes them)")
+
+
+def describe_options(name: str) -> str:
+    """The ``Options:`` block of a ready pipeline's ``build`` docstring (what ``--set`` takes)."""
+    import inspect
+
+    build = PIPELINES.get(name)
+    if build is None:
+        return ""
+    doc = inspect.getdoc(build) or ""
+    lines = doc.splitlines()
+    if "Options:" not in lines:
+        params = [p for p in inspect.signature(build).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY]
+        return "\n".join(f"  {p.name} (default {p.default!r})" for p in params)
+    block = []
+    for line in lines[lines.index("Options:") + 1:]:
+        if line and not line.startswith(" "):
+            break
+        if line.strip():
+            block.append("  " + line.strip() if not line.startswith("        ") else "      " + line.strip())
+    return "\n".join(block)
+
+
 def load_pipeline(name_or_file: str, source: Source | None = None, **options: Any) -> Pipeline:
     """A ready pipeline by name, or from a Python file defining ``build(source=None, **options)``."""
     if name_or_file.endswith(".py"):
@@ -40,7 +75,9 @@ def load_pipeline(name_or_file: str, source: Source | None = None, **options: An
             raise ValueError(f"{path} must define build(source=None, **options) returning a tideflow Pipeline")
         pipeline = build(source=source, **options)
     elif name_or_file in PIPELINES:
-        pipeline = PIPELINES[name_or_file](source=source, **options)
+        build = PIPELINES[name_or_file]
+        _check_options(name_or_file, build, options)
+        pipeline = build(source=source, **options)
     else:
         raise ValueError(f"unknown pipeline {name_or_file!r}; ready pipelines: {sorted(PIPELINES)} (or a file.py)")
     if not isinstance(pipeline, Pipeline):

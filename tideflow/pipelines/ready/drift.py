@@ -23,11 +23,23 @@ from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.river_adapter import RiverStrategy
 
 
-def build(source: Source | None = None, *, n: int = 50_000, batch_size: int = 500, seed: int = 0,
-          **_: Any) -> Pipeline:
+def build(source: Source | None = None, *, n: int | None = None, batch_size: int | None = None, seed: int = 0
+          ) -> Pipeline:
+    """The drift pipeline on SEA (or on ``source``: any stream whose schema has the feature ``x0``
+    that the detector watches, and a classification target).
+
+    Options:
+        seed: seeds the stream and the Avalanche learners (default 0)
+        n: rows of the SEA stream (default 50000; not with a source of your own)
+        batch_size: rows per batch of the SEA stream (default 500; not with a source of your own)
+    """
     from river import linear_model, preprocessing, tree
 
-    source = source or SyntheticSource("sea-drift", n=n, batch_size=batch_size, seed=seed)
+    if source is not None and (n is not None or batch_size is not None):
+        raise ValueError("drift: n= and batch_size= size the SEA stream; with a source of your own they cannot "
+                         "apply (tideflow replay --batch-size re-chunks a recording)")
+    seed = int(seed)
+    source = source or SyntheticSource("sea-drift", n=int(n or 50_000), batch_size=int(batch_size or 500), seed=seed)
     return (
         Pipeline("drift")
         .source(source)

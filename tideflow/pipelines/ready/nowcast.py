@@ -85,7 +85,8 @@ BANDS = {
 }
 
 
-def features() -> list[str]:
+def features_of_protocol() -> list[str]:
+    """The protocol's inputs: each station's own variables and its two neighbours'."""
     own = list(PROTOCOL["own"])
     nb = [f"nb{k}_{v}" for k in (1, 2) for v in PROTOCOL["neighbour_vars"]]
     return own + nb
@@ -103,23 +104,64 @@ def _strict_target(schema: Schema, target: str) -> Schema:
     return Schema(fields, target=target, key=schema.key, task=schema.task, time=schema.time)
 
 
-def build(source: Source | None = None, *, stations: str = "JFK;LGA", target: str = "temp", model: str = "gbm",
-          seed: int | None = None, hours: int | None = None, window: int | None = None, **_: Any) -> Pipeline:
+def _feature_columns(source: Source, schema: Schema, target: str, features: Any) -> list[str]:
+    """The input columns: ``features`` when given (a list or ``"a;b;c"``), the protocol's list for
+    the weather feed (and recordings of it), else every numeric column that has no role."""
+    if features is not None:
+        names = [f.strip() for f in features.split(";")] if isinstance(features, str) else list(features)
+        missing = [f for f in names if f not in schema.fields]
+        if missing:
+            raise ValueError(f"nowcast features {missing} are not columns of the source ({schema.names})")
+        return [f for f in names if f != target]
+    try:
+        origin = source.metadata().get("source")
+    except Exception:  # noqa: BLE001 - a source that cannot describe itself is not the weather feed
+        origin = None
+    if origin == "WeatherSource":  # the protocol's inputs (wind_gust, 80 % missing, left out)
+        return [f for f in features_of_protocol() if f in schema.fields and f != target]
+    roles = {schema.target, schema.key, schema.task, schema.time, target}
+    numeric = lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)  # noqa: E731
+    return [n for n, f in schema.fields.items() if n not in roles and numeric(f.type)]
+
+
+def build(source: Source | None = None, *, stations: str | None = None, target: str | None = None,
+          model: str = "gbm", seed: int | None = None, hours: int | None = None, window: int | None = None,
+          features: Any = None) -> Pipeline:
     """The pipeline of one model and one target: the four configurations and the two references.
 
-    ``window`` (default the protocol's 1200 rows) is for quick runs and tests; the comparison uses the protocol.
+    Options:
+        model: gbm, mlp or lstm (default gbm)
+        target: the variable to forecast (default: the source's target role; temp for the weather feed)
+        window: rows in the fixed training window and the Variance Horizon's longest (default 1200)
+        features: input columns, ';'-separated (default: the protocol's for the weather feed, else every
+            numeric column without a role)
+        seed: seeds every model (default 0)
+        stations: weather feed only: stations, ';'-separated (default JFK;LGA)
+        hours: weather feed only: grid hours replayed (default: the protocol's)
+
+    Any source with a target (its role, or ``target=``) and, for forecasts by the hour, a time
+    role works: with a key role (stations, sensors), one model per key. ``stations`` and
+    ``hours`` choose the weather feed, so they are refused with a source of your own.
     """
     if model not in MODELS:
         raise ValueError(f"unknown nowcast model {model!r}; known: {sorted(MODELS)}")
-    seed = PROTOCOL["seed"] if seed is None else seed
-    source = source or WeatherSource(stations, target=target, neighbours=True, batch_hours=PROTOCOL["batch_hours"],
-                                     hours=hours or total_hours())
+    seed = PROTOCOL["seed"] if seed is None else int(seed)
+    if source is None:
+        target = target or "temp"
+        source = WeatherSource(stations or "JFK;LGA", target=target, neighbours=True,
+                               batch_hours=PROTOCOL["batch_hours"], hours=hours or total_hours())
+    elif stations is not None or hours is not None:
+        raise ValueError("nowcast: stations= and hours= choose the weather feed; with a source of your own "
+                         "they cannot apply (record or filter the rows you want instead)")
     schema = source.schema()
+    target = target or schema.target
+    if target is None:
+        raise ValueError("nowcast: the source declares no target column: give target=COLUMN")
     if target not in schema.fields:
         raise ValueError(f"nowcast target {target!r} is not a column of the source ({schema.names})")
     vh_col = f"lookback_{target}"
-    window = window or PROTOCOL["window"]
-    common = {"target": target, "features": [f for f in features() if f in schema.fields and f != target],
+    window = int(window or PROTOCOL["window"])
+    common = {"target": target, "features": _feature_columns(source, schema, target, features),
               "horizons": PROTOCOL["horizons"], "lags": PROTOCOL["lags"], "window": window, "seed": seed}
     cls = MODELS[model]
     route = Keyed(schema.key) if schema.key else None
@@ -288,17 +330,29 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
 
 
 # -- the comparison ----------------------------------------------------------------------------
-def run_one(station: str, target: str, model: str, *, runner: str = "local", tracking: bool = False,
-            progress: bool = False, hours: int | None = None, output_dir: str | None = None) -> dict[str, Any]:
-    """One series (station, target) with one model: scores of the four configurations and references."""
-    source = WeatherSource(station, target=target, neighbours=True, batch_hours=PROTOCOL["batch_hours"],
-                           hours=hours or total_hours())
-    pipeline = build(source, target=target, model=model)
+def run_one(station: str, target: str | None, model: str, *, runner: str = "local", tracking: bool = False,
+            progress: bool = False, hours: int | None = None, output_dir: str | None = None,
+            source: str | None = None, **options: Any) -> dict[str, Any]:
+    """One series (station, target) with one model: scores of the four configurations and references.
+
+    ``source``: a recording path or source spec (`tideflow.connectors.synthetic.source_from_spec`)
+    to run on instead of the weather feed (``station`` is then only the series' label);
+    ``options``: more `build` options (``window``, ``features``, ``seed``).
+    """
+    if source is not None:
+        from tideflow.connectors.synthetic import source_from_spec
+
+        src = source_from_spec(source)
+    else:
+        src = WeatherSource(station, target=target, neighbours=True, batch_hours=PROTOCOL["batch_hours"],
+                            hours=hours or total_hours())
+    pipeline = build(src, target=target, model=model, **options)
+    target = target or src.schema().target
     t0 = time.perf_counter()
     result = pipeline.run(runner=runner, tracking=tracking, progress=progress, keep_predictions=tracking,
                           output_dir=output_dir)
     if tracking:
-        report(result, source, model=model, target=target)
+        report(result, src, model=model, target=target, window=options.get("window"))
     events = [e.to_dict() for e in result.drift_events]
     return {"station": station, "target": target, "model": model, "seconds": time.perf_counter() - t0,
             "quarantine": result.quarantine, "scores": score_run(result), "drift_events": events}
@@ -314,30 +368,60 @@ def _run_one_quietly(args: tuple[Any, ...]) -> dict[str, Any]:
 
 def compare(*, stations: list[str] | None = None, targets: list[str] | None = None,
             models: list[str] | None = None, runner: str = "local", tracking: bool = False,
-            out: Path = Path("results/nowcast"), jobs: int = 1, hours: int | None = None) -> dict[str, Any]:
-    """Run every (station, target, model) and write ``<out>.json`` and ``<out>.md``."""
+            out: Path = Path("results/nowcast"), jobs: int = 1, hours: int | None = None,
+            source: str | None = None, **options: Any) -> dict[str, Any]:
+    """Run every (station, target, model) and write ``<out>.json`` and ``<out>.md``.
+
+    With ``source`` (a recording or source spec of your own), every model runs on that stream
+    (all its keys, one model per key) for each of ``targets`` (default: its target role);
+    ``stations`` and ``hours`` choose the weather feed and cannot apply then. ``options``: more
+    `build` options for every run (``window``, ``features``, ``seed``).
+    """
     import concurrent.futures as cf
     import multiprocessing
 
-    stations = stations or PROTOCOL["stations"]
-    targets = targets or PROTOCOL["targets"]
     models = models or PROTOCOL["models"]
     for m in models:
         if m not in MODELS:
             raise ValueError(f"unknown nowcast model {m!r}; known: {sorted(MODELS)}")
+    unknown = sorted(set(options) - {"window", "features", "seed"})
+    if unknown:
+        raise ValueError(f"unknown nowcast comparison option(s) {unknown}; known: window, features, seed "
+                         f"(and stations, targets, models, hours)")
+    protocol = dict(PROTOCOL)
+    if source is not None:
+        if stations or hours:
+            raise ValueError("nowcast: --stations and --hours choose the weather feed; with --source they cannot "
+                             "apply")
+        from tideflow.connectors.synthetic import source_from_spec
+
+        label = Path(source).name if source.endswith(".arrow") else source
+        stations = [label]
+        targets = targets or [source_from_spec(source).schema().target]
+        if targets == [None]:
+            raise ValueError(f"{source} declares no target column: give --targets COLUMN")
+        protocol["stations"] = [label]
+    stations = stations or PROTOCOL["stations"]
+    targets = targets or PROTOCOL["targets"]
+    protocol.update({"stations": list(stations), "targets": list(targets), "models": list(models)})
+    if "window" in options:
+        protocol["window"] = int(options["window"])
     # the slow models first, so that two workers end together
     order = {"lstm": 0, "gbm": 1, "mlp": 2}
-    configs = [(st, tg, m, {"runner": runner, "tracking": tracking, "hours": hours})
-               for m in sorted(models, key=lambda m: order.get(m, 3)) for st in stations for tg in targets]
+    common = {"runner": runner, "tracking": tracking, "hours": hours, "source": source, **options}
+    configs = [(st, tg, m, common) for m in sorted(models, key=lambda m: order.get(m, 3))
+               for st in stations for tg in targets]
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
 
     def done(run: dict[str, Any]) -> None:
         runs.append(run)
         sc = run["scores"]
+        fixed = sc["fixed"]["mae"]
         print(f"[{len(runs)}/{len(configs)}] {run['model']} {run['station']} {run['target']}: "
-              f"{run['seconds']:.0f} s; MAE fixed {sc['fixed']['mae']:.3f}, vh {_pct(sc['vh'].get('mae_rel'))}, "
-              f"trigger {_pct(sc['trigger'].get('mae_rel'))} with {sc['trigger']['fits']} fits", flush=True)
+              f"{run['seconds']:.0f} s; MAE fixed {'-' if fixed is None else format(fixed, '.3f')}, "
+              f"vh {_pct(sc['vh'].get('mae_rel'))}, trigger {_pct(sc['trigger'].get('mae_rel'))} "
+              f"with {sc['trigger']['fits']} fits", flush=True)
 
     if jobs <= 1:
         for c in configs:
@@ -347,7 +431,10 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
             for run in pool.map(_run_one_quietly, configs):
                 done(run)
     runs.sort(key=lambda r: (r["model"], r["target"], r["station"]))
-    doc = {"protocol": PROTOCOL, "bands": BANDS, "seconds": time.perf_counter() - started, "runs": runs}
+    doc = {"protocol": protocol if source is not None or options else PROTOCOL, "bands": BANDS,
+           "seconds": time.perf_counter() - started, "runs": runs}
+    if source is not None:
+        doc["source"] = source
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=2))
     out.with_suffix(".md").write_text(markdown_table(doc))
@@ -405,6 +492,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
 
 
 def _span(values: list[float], fmt: Any) -> str:
+    if not values:
+        return "-"
     texts = sorted({fmt(v) for v in values}, key=lambda t: float(t.split()[0]))
     return texts[0] if len(texts) == 1 else f"{texts[0].split()[0]}..{texts[-1]}"
 
