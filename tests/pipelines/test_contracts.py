@@ -209,8 +209,10 @@ def test_held_out_sets_are_evaluated_at_every_boundary(ray_session):
         return tf.Pipeline("heldout").source(source).learn(Recorder(knn), name="s")
 
     local = _run(pipeline(), "local")
-    rows = local.evaluations["s"]
-    # after task 0, after task 1 (the boundaries) and after the last task (the end): 3 tasks each
+    rows = [r for r in local.evaluations["s"] if r["point"] != "start"]
+    # before the first batch (the untrained model), after task 0, after task 1 (the boundaries)
+    # and after the last task (the end): 3 tasks each
+    assert [r["task"] for r in local.evaluations["s"] if r["point"] == "start"] == [0, 1, 2]
     assert [(r["after_task"], r["task"]) for r in rows] == [(a, t) for a in (0, 1, 2) for t in (0, 1, 2)]
     assert all(r["rows_scored"] == 40 and 0 <= r["accuracy"] <= 1 for r in rows)
     final = {r["task"]: r["accuracy"] for r in rows if r["after_task"] == 2}
@@ -219,6 +221,12 @@ def test_held_out_sets_are_evaluated_at_every_boundary(ray_session):
     assert final[0] < 0.2  # and the first one forgotten: the matrix shows forgetting
     ray = _run(pipeline(), "ray")
     assert ray.evaluations == local.evaluations
+    # the accuracy matrix: one row per task, forgetting of a forgetful learner, task-IL beside it
+    m = local.cl_metrics["s"]
+    assert len(m.matrix) == 3 and m.matrix[-1][2] == final[2] and m.forgetting > 0.5 and m.bwt < -0.5
+    assert m.matrix_til is not None and m.average_accuracy_til >= m.average_accuracy
+    assert local.summary["s"]["continual"]["average_accuracy"] == pytest.approx(m.average_accuracy)
+    assert ray.cl_metrics["s"].to_dict() == m.to_dict()
 
 
 # -- events raised by strategies -----------------------------------------------------------

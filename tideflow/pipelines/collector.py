@@ -319,8 +319,13 @@ class Collector:
         problem = self.problems[name]
         for ev in res.evaluations:
             metrics = combine(ev["parts"]).metrics(problem)
-            self.evaluations[name].append({"seq": seq, "after_task": ev["after_task"], "offset": ev["offset"],
-                                           "task": ev["task"], **metrics})
+            record = {"seq": seq, "point": ev["point"], "after_task": ev["after_task"], "offset": ev["offset"],
+                      "task": ev["task"], **metrics}
+            if "parts_til" in ev:
+                til = combine(ev["parts_til"]).metrics(problem)
+                if "accuracy" in til:
+                    record["accuracy_til"] = til["accuracy"]
+            self.evaluations[name].append(record)
             if not replay and seq >= 0:
                 label = ev["task"] if ev["task"] is not None else "all"
                 value = metrics.get("accuracy", metrics.get("mae"))

@@ -96,13 +96,17 @@ def _add_counts(total: dict[str, int], more: dict[str, int]) -> None:
 
 def _merge_evaluations(into: list[dict[str, Any]], more: list[dict[str, Any]]) -> None:
     """Evaluations of the same (boundary, task) from several shards: their partial sums add up."""
-    index = {(e["after_task"], e["offset"], e["task"]): e for e in into}
+    index = {(e["point"], e["after_task"], e["offset"], e["task"]): e for e in into}
     for e in more:
-        key = (e["after_task"], e["offset"], e["task"])
+        key = (e["point"], e["after_task"], e["offset"], e["task"])
         if key in index:
             index[key]["parts"].update(e["parts"])
+            if "parts_til" in e:
+                index[key].setdefault("parts_til", {}).update(e["parts_til"])
         else:
             copy = {**e, "parts": dict(e["parts"])}
+            if "parts_til" in e:
+                copy["parts_til"] = dict(e["parts_til"])
             into.append(copy)
             index[key] = copy
 
@@ -138,8 +142,10 @@ class Learner:
         label_delay: batches between a prediction and learning from its labels.
         boundaries: what counts as a task boundary: ``"task_column"``, ``"end_of_task"``,
             ``"drift"`` (every accepted drift event).
-        held_out: held-out rows per task (the source's), evaluated at every task boundary
-            and at the end of the stream.
+        held_out: held-out rows per task (the source's), evaluated before the first batch (the
+            untrained model: the reference of forward transfer), at every task boundary and at
+            the end of the stream; on a stream with task ids, each task's rows also with the
+            prediction masked to that task's classes (task-incremental accuracy).
     """
 
     def __init__(self, name: str, strategy: Strategy, schema: Schema, *, key: str | None = None,
@@ -160,6 +166,11 @@ class Learner:
         self.keep_predictions = keep_predictions
         self.boundaries = tuple(boundaries)
         self.held_out = dict(held_out or {})
+        # a task's classes: the labels of its held-out rows (what task-IL masking allows)
+        self.task_classes = {t: sorted(set(b.column(strategy.target).to_pylist()), key=key_order)
+                             for t, b in self.held_out.items()} if strategy.target else {}
+        self._evaluated_start = False
+        self._learned_since_eval = False
         self.problem = strategy.problem
         self.task_column = schema.task
         self.instances: dict[Any, Strategy] = {}
@@ -214,6 +225,9 @@ class Learner:
 
     def step(self, seq: int, batch: Batch | None, events: list[DriftEvent] = ()) -> LearnResult:  # type: ignore[assignment]
         result = LearnResult(seq)
+        if self.held_out and not self._evaluated_start:
+            self._evaluated_start = True
+            self._evaluate_held_out(None, -1, result, point="start")
         for e in events:
             if self.accepts(e):
                 for inst in self.instances.values():
@@ -336,6 +350,7 @@ class Learner:
             result.errors.append(f"learn on offsets {part.first_offset}..{part.last_offset}: "
                                  f"{type(exc).__name__}: {exc}")
             return
+        self._learned_since_eval = True
         result.samples += report.samples
         result.fits += report.fits
         result.train_seconds += report.train_seconds
@@ -351,17 +366,28 @@ class Learner:
                 inst.on_task_boundary(boundary)
             except Exception as exc:  # noqa: BLE001 - counted and reported, the job goes on
                 result.errors.append(f"on_task_boundary at offset {boundary.offset}: {type(exc).__name__}: {exc}")
-        self._evaluate_held_out(boundary.previous, boundary.offset, result)
+        self._evaluate_held_out(boundary.previous, boundary.offset, result, point="boundary")
 
-    def _evaluate_held_out(self, after_task: Any, offset: int, result: LearnResult) -> None:
+    def _evaluate_held_out(self, after_task: Any, offset: int, result: LearnResult, point: str) -> None:
+        if point != "start":
+            self._learned_since_eval = False
+        task_ids = self.task_column is not None
         for task in sorted(self.held_out, key=key_order):
+            rows = self.held_out[task]
             try:
-                ev = self.evaluate(self.held_out[task])
+                ev = self.evaluate(rows)
             except Exception as exc:  # noqa: BLE001 - counted and reported, the job goes on
                 result.errors.append(f"evaluate on task {task!r}: {type(exc).__name__}: {exc}")
                 continue
-            result.evaluations.append({"after_task": after_task, "offset": int(offset), "task": task,
-                                       "parts": ev.parts})
+            record = {"point": point, "after_task": after_task, "offset": int(offset), "task": task,
+                      "parts": ev.parts}
+            if task_ids and ev.class_scores is not None:
+                try:
+                    masked = self.evaluate(rows, allowed_classes=self.task_classes.get(task))
+                    record["parts_til"] = masked.parts
+                except Exception as exc:  # noqa: BLE001 - the unmasked evaluation stands; reported
+                    result.errors.append(f"task-IL evaluate on task {task!r}: {type(exc).__name__}: {exc}")
+            result.evaluations.append(record)
 
     def finish(self) -> LearnResult:
         """Learn from labels still queued when the stream ends (no scoring left to do), then
@@ -369,8 +395,9 @@ class Learner:
         result = LearnResult(-1)
         while self._pending:
             self._do(self._pending.popleft(), result)
-        if self.held_out:
-            self._evaluate_held_out(self._task, -1, result)
+        # after the last task, unless its boundary evaluation already saw the final model
+        if self.held_out and (self._learned_since_eval or not self._evaluated_start):
+            self._evaluate_held_out(self._task, -1, result, point="end")
         return result
 
     # -- evaluation only -----------------------------------------------------------------
@@ -436,6 +463,8 @@ class Learner:
             "task": self._task,
             "marked": self._marked,
             "next_offset": self._next_offset,
+            "evaluated_start": self._evaluated_start,
+            "learned_since_eval": self._learned_since_eval,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -455,6 +484,8 @@ class Learner:
         self._task = state.get("task")
         self._marked = bool(state.get("marked", False))
         self._next_offset = int(state.get("next_offset", 0))
+        self._evaluated_start = bool(state.get("evaluated_start", False))
+        self._learned_since_eval = bool(state.get("learned_since_eval", False))
 
 
 def make_learner(graph: Any, name: str, schema: Schema, *, label_delay: int, shard: tuple[int, int] = (0, 1),

@@ -75,6 +75,9 @@ class RunResult:
     evaluations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: the MLflow store the run was logged to (None: not tracked)
     tracking_uri: str | None = None
+    #: per learn step with held-out evaluations: the accuracy matrix and its metrics
+    #: (`tideflow.pipelines.metrics.continual.ContinualMetrics`)
+    cl_metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:

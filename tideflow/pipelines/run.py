@@ -179,6 +179,12 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
         tracking_uri=getattr(tracker, "tracking_uri", None),
     )
     _say_shortfall(result)
+    if result.evaluations:
+        from tideflow.pipelines.metrics.continual import continual_metrics
+
+        for name, records in result.evaluations.items():
+            result.cl_metrics[name] = continual_metrics(records)
+            summary[name]["continual"] = result.cl_metrics[name].scalars()
     summary_doc = {
         "pipeline": graph.name, "runner": runner, "rows": result.rows, "batches": result.batches,
         "seconds": round(seconds, 3), "events_per_second": round(result.events_per_second, 1),
@@ -188,6 +194,7 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
     }
     if result.evaluations:
         summary_doc["evaluations"] = result.evaluations
+        summary_doc["accuracy_matrices"] = {n: m.to_dict() for n, m in result.cl_metrics.items()}
     (out / "summary.json").write_text(json.dumps(summary_doc, indent=2, default=str))
     final = {"events_per_second": result.events_per_second, "rows_total": float(result.rows),
              "quarantined_total": float(result.quarantined), "wall_seconds": seconds}
@@ -197,7 +204,8 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
         tracker.log_metrics(name, {f"final_{k}": float(v) for k, v in s.items()
                                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
                             | {f"final_{k}": float(v) for k, v in s["extra"].items()}
-                            | {f"final_skipped.{k}": float(v) for k, v in s["skipped_rows"].items()},
+                            | {f"final_skipped.{k}": float(v) for k, v in s["skipped_rows"].items()}
+                            | {f"cl.{k}": v for k, v in s.get("continual", {}).items()},
                             step=collector.batches)
     # a store that went down mid-run gets time to come back before the artifacts go
     tracker.flush(getattr(tracker, "end_wait_s", 0.0))
@@ -205,6 +213,8 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
         tracker.log_dict(summary_doc, "summary.json")
         if collector.quarantine.rows:
             tracker.log_artifact(str(collector.quarantine.path))
+        if result.cl_metrics and result.run_id:
+            _log_matrices(result, tracker, out)
     except Exception as exc:  # noqa: BLE001 - both are in the output folder as well
         logging.getLogger("tideflow").error("MLflow artifacts not stored (%s); they are in %s", exc, out)
     tracker.end(status)
@@ -212,6 +222,16 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
     if callable(stats):
         result.extra["tracking"] = stats()
     return result
+
+
+def _log_matrices(result: RunResult, tracker: Any, out: Path) -> None:
+    """Each learn step's accuracy matrix into its MLflow run: the table (JSON) and a heatmap."""
+    from tideflow.pipelines.metrics.continual import heatmap
+
+    for name, metrics in result.cl_metrics.items():
+        tracker.log_dict(metrics.to_dict(), "accuracy_matrix.json", name=name)
+        png = heatmap(metrics, out / f"accuracy_matrix_{name}.png", title=f"{result.pipeline}: {name}")
+        tracker.log_artifact(str(png), name=name)
 
 
 def _say_shortfall(result: RunResult) -> None:

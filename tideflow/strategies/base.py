@@ -76,13 +76,12 @@ class ClassScores:
             raise ValueError(f"scores of shape {self.scores.shape} for {len(self.classes)} classes")
 
     def argmax(self, allowed: list[Any] | None = None) -> list[Any]:
-        """The best class per row, among ``allowed`` classes only when given (task-IL masking)."""
+        """The best class per row, among ``allowed`` classes only when given (task-IL masking);
+        None for every row when none of them has a score (a model that has seen none of them)."""
         scores = self.scores
         classes = self.classes
         if allowed is not None:
             keep = [j for j, c in enumerate(classes) if c in set(allowed)]
-            if not keep:
-                raise ValueError(f"none of the allowed classes {allowed} has a score (classes: {classes})")
             scores, classes = scores[:, keep], [classes[j] for j in keep]
         if not len(classes):
             return [None] * len(scores)
