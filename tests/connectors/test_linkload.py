@@ -264,3 +264,74 @@ def test_bad_arguments_are_refused():
         LinkLoadSource("sndlib/nowhere")
     with pytest.raises(ValueError, match="no demand matrix"):
         LinkLoadSource("topozoo/Abilene", demands="sndlib")
+
+
+def test_failures_from_a_string_with_node_names():
+    # one string, as a source spec or `--set failures=...` carries it: names and ids alike
+    text = "link:LOSAng-SNVAng@2; node:ATLAng@2.5-3"
+    by_name = LinkLoadSource("abilene", scenario="moderate", days=4, links="all",
+                             batch_steps=SPD, failures=text)
+    by_id = LinkLoadSource("abilene", scenario="moderate", days=4, links="all", batch_steps=SPD,
+                           failures=[{"link": "7-9", "day": 2},
+                                     {"node": 1, "day": 2.5, "repair_day": 3}])
+    spec = source_from_spec("linkload:topology=abilene,scenario=moderate,days=4,links=all,"
+                            f"batch_steps={SPD},failures={text}")
+    meta = by_name.metadata()
+    assert [(s["start_step"], s["failed_links"], s["failed_nodes"])
+            for s in meta["failure_states"]] == [
+        (0, [], []), (2 * SPD, ["7-9"], []), (2 * SPD + SPD // 2, ["7-9"], ["1"]),
+        (3 * SPD, ["7-9"], [])]
+    assert meta["failed"] == "link 7-9 (LOSAng-SNVAng) at day 2, node ATLAng from day 2.5 to 3"
+    assert meta["failures_text"] == "link:7-9@2;node:1@2.5-3"
+    rows = _all(by_name).data
+    assert rows.equals(_all(by_id).data) and rows.equals(_all(spec).data)
+    again = LinkLoadSource(**by_name.params())  # canonical events rebuild the same stream
+    assert again.metadata() == meta
+
+
+def test_a_wrong_failure_says_what_is_valid():
+    with pytest.raises(ValueError, match=r"unknown node 'Atlanta'.*closest: ATLAng.*0 ATLAM5"):
+        LinkLoadSource("abilene", days=4, failures="node:Atlanta@3")
+    with pytest.raises(ValueError, match=r"no link 'LOSAng-NYCMng' \(7-8\).*links at 7 \(LOSAng\)"):
+        LinkLoadSource("abilene", days=4, failures="link:LOSAng-NYCMng@3")
+    with pytest.raises(ValueError, match=r"failed_node=49: unknown node 49.*11 WASHng"):
+        LinkLoadSource("abilene", days=4, failed_node=49)
+    with pytest.raises(TypeError, match="failed_node=.*a node is an id or a name"):
+        LinkLoadSource("abilene", days=4, failed_node=[1])
+    with pytest.raises(TypeError, match="failures is a string such as 'link:7-9@18"):
+        LinkLoadSource("abilene", days=4, failures=49)
+    with pytest.raises(ValueError, match="kind:element"):
+        LinkLoadSource("abilene", days=4, failures="ATLAng@3")
+    with pytest.raises(ValueError, match="after the 4-day stream ends"):
+        LinkLoadSource("abilene", days=4, failures="node:ATLAng@18")
+    with pytest.raises(ValueError, match="not failed_link= and failed_node="):
+        LinkLoadSource("abilene", days=4, failed_link="7-9", failed_node="ATLAng")
+
+
+@pytest.mark.parametrize("topology, failure, node", [
+    ("polska", "node:Warsaw", "Warsaw"),                 # SNDlib
+    ("topozoo/Belnet2009", "node:Louvain-la-Neuve", "Louvain-la-Neuve"),  # Topology Zoo, a '-'
+])
+def test_node_failure_by_name_on_other_topologies(topology, failure, node):
+    src = LinkLoadSource(topology, scenario="drastic", days=4, links="all", batch_steps=SPD,
+                         failures=f"{failure}@3")
+    meta = src.metadata()
+    failed = meta["failure_states"][1]["failed_nodes"]
+    assert meta["failed"] == f"node {node}" and len(failed) == 1
+    assert meta["failure_step"] == 3 * SPD and meta["rho"] > 0
+    rows = _all(src)
+    after = rows.filter(rows.numpy("step") >= 3 * SPD)
+    touching = np.array([failed[0] in link.split("-") for link in after.numpy("link")])
+    assert touching.any() and (after.numpy("failed") == touching).all()
+    assert not after.numpy("load")[touching].any()
+    # a node failure is also reachable as failed_node= (the scenario's day)
+    same = LinkLoadSource(topology, scenario="drastic", days=4, failure_day=3, failed_node=node)
+    assert same.metadata()["target_link"] == meta["target_link"]
+
+
+def test_a_link_by_names_that_hold_a_dash():
+    src = LinkLoadSource("topozoo/Belnet2009", scenario="moderate", days=4,
+                         failures="link:Louvain-la-Neuve-Charleroi@3")
+    meta = src.metadata()
+    assert meta["failed_link"] == "0-1"
+    assert meta["failed"] == "link 0-1 (Louvain-la-Neuve-Charleroi)"

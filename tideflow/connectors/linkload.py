@@ -48,7 +48,15 @@ Failures and the target (`tideflow.connectors.linkload_failures`)
     with the target, so that the target's shift ``rho`` (mean load after /
     before − 1, noiseless) is closest to ``drastic_rho`` (0.8) or
     ``moderate_rho`` (0.2). ``"none"`` fails nothing and targets the busiest
-    link. ``failed_link=``, ``target=`` and ``failures=[...]`` override the choice.
+    link. ``failed_link=`` / ``failed_node=`` (fail that element at
+    ``failure_day``), ``target=`` and ``failures=`` override the choice; with
+    ``failures=`` the scenario only chooses the target (the link whose shift
+    is closest to its ``rho``; ``"none"``: the busiest link). Failures are
+    written as one string, ``"link:7-9@18;node:ATLAng@18-20"`` (events joined
+    by ``;``, each ``kind:element[@day[-repair_day]]``), with nodes named by
+    id or by their topohub label, so they travel through a source spec
+    (``linkload:topology=polska,failures=node:Warsaw@18``).
+    ``metadata()["failed"]`` says what failed in words (``"node ATLAng"``).
 Capacity
     From the topology's ``capacity`` edge attribute when every edge has one
     (topohub's graphs do not). Otherwise ``capacity_factor`` (1.5) × the
@@ -92,7 +100,13 @@ import numpy as np
 import pyarrow as pa
 
 from tideflow.connectors.base import RowIndexedSource, as_bool
-from tideflow.connectors.linkload_failures import FailurePlan, parse_event
+from tideflow.connectors.linkload_failures import (
+    FailurePlan,
+    failure_label,
+    format_failures,
+    parse_failures,
+    step_at,
+)
 from tideflow.connectors.linkload_topology import (
     SHORT_NAMES,  # noqa: F401 (re-exported)
     Network,
@@ -121,12 +135,19 @@ class LinkLoadSource(RowIndexedSource):
         step_minutes: time between samples.
         failure_day: when the scenario's link fails (default ``0.75 × days``).
         repair_day: when it is repaired (None: never).
-        failed_link: fail this link (``"u-v"``) instead of choosing one.
+        failed_link: fail this link (``"u-v"``) at ``failure_day`` instead of choosing one.
+        failed_node: fail this node (an id or a name such as ``"ATLAng"``) at
+            ``failure_day`` instead of choosing a link.
         target: the target link (``"u-v"``) instead of choosing one.
-        failures: explicit events replacing the scenario's failure: dicts
-            ``{"link": "u-v" | "node": id, "day": float, "repair_day": float | None}``
-            or tuples ``(element, day[, repair_day])`` (element ``"u-v"``/``(u, v)``
-            for a link, a node id otherwise).
+        failures: explicit events replacing the scenario's failure: a string
+            ``"link:7-9@18;node:ATLAng@18-20"`` (events joined by ``;``, each
+            ``kind:element[@day[-repair_day]]``, kind ``link`` or ``node``, days
+            since the start, ``@day`` left out: ``failure_day``), or a list of such
+            strings, dicts ``{"link": "u-v" | "node": id, "day": float,
+            "repair_day": float | None}`` or tuples ``(element, day[, repair_day])``
+            (element ``"u-v"``/``(u, v)`` for a link, a node otherwise). Nodes are
+            named by id or by their topohub label, links by ``"u-v"`` of either;
+            an unknown one is a ValueError that lists the valid names.
         links: ``"target"``, ``"all"``, or link ids (a list, or one string joined by ``;``).
         batch_steps: time steps per batch.
         noise: sigma of the per-pair lognormal noise.
@@ -145,7 +166,8 @@ class LinkLoadSource(RowIndexedSource):
     def __init__(self, topology: str = "abilene", *, scenario: str = "drastic", seed: int = 0,
                  days: float = 24, step_minutes: float = 15, failure_day: float | None = None,
                  repair_day: float | None = None, failed_link: str | None = None,
-                 target: str | None = None, failures: Sequence[Any] | None = None,
+                 failed_node: str | int | None = None, target: str | None = None,
+                 failures: str | Sequence[Any] | None = None,
                  links: str | Sequence[str] = "target", batch_steps: int = 1, noise: float = 0.1,
                  growth: float = 0.0, routing: str = "auto", ecmp: bool = False,
                  directed: bool = True, demands: str = "auto", gravity_total: float = 1e6,
@@ -169,6 +191,7 @@ class LinkLoadSource(RowIndexedSource):
         self.failure_day = float(0.75 * float(days) if failure_day is None else failure_day)
         self.repair_day = None if repair_day is None else float(repair_day)
         self.failed_link_arg = failed_link
+        self.failed_node_arg = failed_node
         self.target_arg = target
         self.batch_steps = int(batch_steps)
         self.noise = float(noise)
@@ -191,8 +214,7 @@ class LinkLoadSource(RowIndexedSource):
         # every step's noiseless demands: read to size links and choose the failure, not kept
         noiseless = self.traffic.noiseless(np.arange(self.num_steps))
         self._failures_given = failures is not None
-        given = ([parse_event(self.net, f, self.failure_day) for f in failures]
-                 if failures is not None else None)
+        given = self._given_failures(scenario, failures, failed_link, failed_node)
         intact = self.net.route(self.traffic.src, self.traffic.dst)
         self._init_capacity(intact, noiseless)
         self.plan = FailurePlan(
@@ -215,6 +237,34 @@ class LinkLoadSource(RowIndexedSource):
         fallback = float(np.median(peak[peak > 0])) if (peak > 0).any() else 1.0
         self.capacity = self.capacity_factor * np.where(peak > 0, peak, fallback)
         self.capacity_source = f"{self.capacity_factor} x peak noiseless load, intact network"
+
+    def _given_failures(self, scenario: str, failures: Any, failed_link: Any,
+                        failed_node: Any) -> list[dict[str, Any]] | None:
+        """The events the caller fixed (canonical), or None to let the scenario choose. Every
+        way of fixing them excludes the others: two would leave one silently unused."""
+        chosen = [name for name, v in (("failures", failures), ("failed_link", failed_link),
+                                       ("failed_node", failed_node)) if v is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of failures=, failed_link= or failed_node=, not "
+                             f"{' and '.join(c + '=' for c in chosen)}")
+        if failures is not None:
+            return parse_failures(self.net, failures, self.failure_day)
+        if scenario == "none" and chosen:
+            raise ValueError(f"scenario='none' fails nothing, so {chosen[0]}= cannot apply: "
+                             "give failures= to fail something with the busiest link as target")
+        if failed_node is None:
+            return None  # failed_link is a choice the scenario's search is restricted to
+        try:
+            node = str(self.net.nodes[self.net.node(failed_node)])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"failed_node={failed_node!r}: {exc}") from None
+        step = step_at(self.failure_day, self.steps_per_day, self.num_steps)
+        if not 0 < step < self.num_steps:
+            raise ValueError(f"failure_day={self.failure_day} leaves no step before or after "
+                             f"the failure in a {self.days}-day stream")
+        if self.repair_day is not None and self.repair_day <= self.failure_day:
+            raise ValueError("repair_day must come after failure_day")
+        return [{"node": node, "day": self.failure_day, "repair_day": self.repair_day}]
 
     def _goal(self) -> float | None:
         return {"drastic": self.drastic_rho, "moderate": self.moderate_rho}.get(self.scenario)
@@ -275,7 +325,8 @@ class LinkLoadSource(RowIndexedSource):
         return {"topology": self.topology, "scenario": self.scenario, "seed": self.seed,
                 "days": self.days, "step_minutes": self.step_minutes,
                 "failure_day": self.failure_day, "repair_day": self.repair_day,
-                "failed_link": self.failed_link_arg, "target": self.target_arg,
+                "failed_link": self.failed_link_arg, "failed_node": self.failed_node_arg,
+                "target": self.target_arg,
                 "failures": failures, "links": links,
                 "batch_steps": self.batch_steps, "noise": self.noise, "growth": self.growth,
                 "routing": self.routing, "ecmp": self.ecmp, "directed": self.directed,
@@ -303,8 +354,12 @@ class LinkLoadSource(RowIndexedSource):
             "rows_per_step": self.rows_per_step, "num_rows": self.num_rows,
             "target_link": self.target_link,
             "target_capacity": float(self.capacity[plan.target_index]),
+            "target_label": self.net.link_label(self.target_link),
             "failed_link": None if failed is None else failed.get("link"),
             "failed_node": None if failed is None else failed.get("node"),
+            # what failed in words (every event), for titles and legends
+            "failed": failure_label(self.net, plan.failures or []),
+            "failures_text": format_failures(plan.failures or []) or None,
             "failure_time": failure_time,
             "failure_step": plan.split_step,
             "failure_offset": (None if plan.split_step is None

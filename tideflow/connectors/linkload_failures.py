@@ -10,6 +10,15 @@ described in ``docs/methods/liquid.md``.
 Failures
     Events fail a physical link (both directions) or a node (its links, and
     its own demands) from ``day`` until ``repair_day`` (None: never repaired).
+    They are written as one string, so that they travel through a source spec
+    and the command line: ``"link:7-9@18;node:ATLAng@18-20"`` is link 7-9
+    failing at day 18 for good and node ATLAng failing at day 18, repaired at
+    day 20 (events joined by ``;``, each ``kind:element[@day[-repair_day]]``,
+    days since the stream's start, ``@day`` left out: the source's
+    ``failure_day``). Nodes are named by id or label, links ``"u-v"`` by ids or
+    labels (`tideflow.connectors.linkload_topology`); an unknown element is an
+    error listing the valid ones, and an event that starts after the stream
+    ends is an error too (it would fail nothing).
     At each step the traffic is routed over the graph minus what is failed at
     that step; routing is computed once per failure state and cached. Demands
     with no path left are not lost silently: each state records its
@@ -44,12 +53,65 @@ State = tuple[frozenset[int], frozenset[int]]
 """A failure state: the failed node indices and the failed physical link indices."""
 
 
+FAILURES_EXAMPLE = "'link:7-9@18;node:ATLAng@18-20'"
+FAILURES_SYNTAX = (f"{FAILURES_EXAMPLE} (events joined by ';', each "
+                   "kind:element[@day[-repair_day]], kind link or node)")
+
+
+def parse_failures(net: Network, spec: Any, default_day: float) -> list[dict[str, Any]]:
+    """Failure events in canonical form from a string (`FAILURES_SYNTAX`, module docstring) or a
+    list of events (strings, dicts or tuples, as `parse_event` takes them)."""
+    if isinstance(spec, str):
+        events: list[Any] = [e.strip() for e in spec.replace("\n", ";").split(";") if e.strip()]
+    elif isinstance(spec, (list, tuple)):
+        events = list(spec)
+    else:
+        raise TypeError(f"failures is a string such as {FAILURES_SYNTAX}, or a list of events; "
+                        f"got {type(spec).__name__} {spec!r}")
+    return [parse_event(net, e, default_day) for e in events]
+
+
+def _day(value: Any, spec: Any) -> float:
+    try:
+        day = float(value)
+    except (TypeError, ValueError):
+        day = float("nan")
+    if isinstance(value, bool) or not math.isfinite(day) or day < 0:
+        raise ValueError(f"days are numbers >= 0 (days since the stream's start), got {value!r} "
+                         f"in failure {spec!r}")
+    return day
+
+
+def _parse_text(net: Network, text: str, default_day: float) -> tuple[str, Any, Any, Any]:
+    kind, colon, rest = text.partition(":")
+    kind = kind.strip().lower()
+    if not colon or kind not in ("link", "node") or not rest.strip():
+        raise ValueError(f"a failure is kind:element[@day[-repair_day]] with kind 'link' or "
+                         f"'node', e.g. {FAILURES_EXAMPLE}; got {text!r}")
+    element, at, when = rest.rpartition("@")
+    if not at:
+        return kind, rest.strip(), default_day, None
+    days = when.split("-")
+    if len(days) > 2 or not all(d.strip() for d in days):
+        raise ValueError(f"a failure's time is @day or @day-repair_day (days since the stream's "
+                         f"start, e.g. @18 or @18-20.5), got {'@' + when!r} in {text!r}")
+    return kind, element.strip(), days[0].strip(), days[1].strip() if len(days) == 2 else None
+
+
 def parse_event(net: Network, spec: Any, default_day: float) -> dict[str, Any]:
     """A failure event in canonical form, ``{"link" | "node": id, "day", "repair_day"}``,
-    from a dict or an ``(element, day[, repair_day])`` tuple; ValueError names what is wrong."""
-    if isinstance(spec, dict):
+    from a string ``"kind:element[@day[-repair_day]]"``, a dict or an ``(element, day[,
+    repair_day])`` tuple. Elements are named by ids or node names (`Network.node`); what is
+    wrong raises a ValueError that says so (an unknown node lists the valid ones)."""
+    if isinstance(spec, str):
+        kind, element, day, repair = _parse_text(net, spec, default_day)
+    elif isinstance(spec, dict):
         if ("link" in spec) == ("node" in spec):
             raise ValueError(f"a failure names one 'link' or one 'node': {spec!r}")
+        unknown = set(spec) - {"link", "node", "day", "repair_day"}
+        if unknown:
+            raise ValueError(f"a failure's keys are link or node, day, repair_day; "
+                             f"got {sorted(unknown)} in {spec!r}")
         kind = "link" if "link" in spec else "node"
         element, day = spec[kind], spec.get("day", default_day)
         repair = spec.get("repair_day")
@@ -59,15 +121,55 @@ def parse_event(net: Network, spec: Any, default_day: float) -> dict[str, Any]:
         kind = "link" if (isinstance(element, (tuple, list)) or
                           (isinstance(element, str) and "-" in element)) else "node"
     else:
-        raise ValueError(f"a failure is a dict or (element, day[, repair_day]), got {spec!r}")
-    if kind == "link":
-        name = net.edge_id(net.edge(element))
-    else:
-        name = str(net.nodes[net.node(element)])
-    if repair is not None and float(repair) <= float(day):
+        raise TypeError(f"a failure is a string such as 'node:ATLAng@18', a dict or "
+                        f"(element, day[, repair_day]); got {type(spec).__name__} {spec!r}")
+    try:
+        name = (net.edge_id(net.edge(element)) if kind == "link"
+                else str(net.nodes[net.node(element)]))
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"failure {spec!r}: {exc}") from None
+    day = _day(day, spec)
+    repair = None if repair is None else _day(repair, spec)
+    if repair is not None and repair <= day:
         raise ValueError(f"repair_day must come after day in {spec!r}")
-    return {kind: name, "day": float(day),
-            "repair_day": None if repair is None else float(repair)}
+    return {kind: name, "day": day, "repair_day": repair}
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def format_failures(events: list[dict[str, Any]]) -> str:
+    """The events as one string `parse_failures` reads back (ids, not names: unambiguous)."""
+    out = []
+    for ev in events:
+        kind = "link" if "link" in ev else "node"
+        when = _number(ev["day"]) + ("" if ev["repair_day"] is None
+                                     else f"-{_number(ev['repair_day'])}")
+        out.append(f"{kind}:{ev[kind]}@{when}")
+    return ";".join(out)
+
+
+def failure_label(net: Network, events: list[dict[str, Any]]) -> str | None:
+    """What failed, for people: ``"link 7-9 (LOSAng-SNVAng)"``, ``"node ATLAng"``; several
+    events are joined by ``", "``, each with its days when they differ or a repair ends one
+    (``"link 7-9 (LOSAng-SNVAng) at day 18, node ATLAng from day 19 to 20"``). None when
+    nothing fails."""
+    if not events:
+        return None
+    timed = len({ev["day"] for ev in events}) > 1 or any(ev["repair_day"] is not None
+                                                         for ev in events)
+    parts = []
+    for ev in events:
+        if "link" in ev:
+            text = f"link {net.link_label(ev['link'])}"
+        else:
+            text = f"node {net.node_label(net.node(ev['node']))}"
+        if timed:
+            text += (f" at day {_number(ev['day'])}" if ev["repair_day"] is None
+                     else f" from day {_number(ev['day'])} to {_number(ev['repair_day'])}")
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def step_at(day: float, steps_per_day: float, num_steps: int) -> int:
@@ -114,6 +216,11 @@ class FailurePlan:
         self.target_arg = target
         self.failures = failures
         self.failure_step = self._step_at(failure_day)
+        for ev in failures or []:
+            # an event the stream never reaches fails nothing: a mistake, not a quiet no-op
+            if self._step_at(ev["day"]) >= num_steps:
+                raise ValueError(f"failure of {failure_label(net, [ev])} starts at day "
+                                 f"{ev['day']:g}, after the {days:g}-day stream ends")
         self._intact = intact
         self._noiseless_all = noiseless
         self._choose(scenario)

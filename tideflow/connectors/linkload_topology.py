@@ -13,7 +13,17 @@ Topology
     With ``directed=True`` each direction is its own link, as interface
     counters see it: id ``"u-v"`` is the load from node ``u`` to ``v``. With
     ``directed=False`` a link's load is the sum of both directions. Node ids
-    are topohub's integer ids (``use_names=False``).
+    are topohub's ids (``use_names=False``); link ids are always made of them.
+Node names
+    Wherever a node is named (failures, links, the target), its id or its
+    label (topohub's ``name`` attribute: ``"ATLAng"``, ``"Warsaw"``, ``"New
+    York"``) is accepted: an id first, then the exact label, then the label
+    ignoring case. A label several nodes share (some Topology Zoo graphs have
+    two "London") is refused with their ids, and an unknown one is refused with
+    the closest labels, so a reference never lands on a node silently guessed.
+    A link written ``"u-v"`` may use labels that hold a ``-``
+    (``"Louvain-la-Neuve-Brussels"``): every split at a ``-`` is tried, and
+    exactly one must name two nodes.
 Routing
     Destination-based shortest paths as a link-state IGP computes them:
     weights are the edge attribute ``dist`` (km in topohub; also ``length`` or
@@ -30,6 +40,7 @@ this module is imported.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import heapq
 import math
@@ -75,9 +86,17 @@ class Network:
         if g.number_of_nodes() < 2 or not nx.is_connected(g):
             raise ValueError(f"topology {key!r} must be a connected graph with at least 2 nodes")
         self.graph = g
+        self.key = key
         self.nodes = list(g.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.by_name = {str(n): i for i, n in enumerate(self.nodes)}
+        # labels as topohub gives them; a node without one is known by its id
+        self.labels = [str(g.nodes[n].get("name") or n).strip() for n in self.nodes]
+        self.by_label: dict[str, list[int]] = {}
+        self.by_folded: dict[str, list[int]] = {}
+        for i, label in enumerate(self.labels):
+            self.by_label.setdefault(label, []).append(i)
+            self.by_folded.setdefault(label.casefold(), []).append(i)
         self.edges = [(self.index[u], self.index[v]) for u, v in g.edges]
         attrs = [d for _, _, d in g.edges(data=True)]
         weight_attr = next((a for a in ("dist", "length", "distance")
@@ -119,34 +138,102 @@ class Network:
 
     # -- names ------------------------------------------------------------------------
     def node(self, name: Any) -> int:
-        try:
-            return self.by_name[str(name)]
-        except KeyError:
-            raise ValueError(f"unknown node {name!r}; nodes: {sorted(self.by_name)}") from None
+        """Index of the node named ``name``: its id, else its label (module docstring)."""
+        if isinstance(name, bool) or not isinstance(name, (str, int, np.integer)):
+            raise TypeError(f"a node is an id or a name (a string or an integer), "
+                            f"got {type(name).__name__} {name!r}")
+        text = str(name).strip()
+        if text in self.by_name:
+            return self.by_name[text]
+        for table, key in ((self.by_label, text), (self.by_folded, text.casefold())):
+            found = table.get(key)
+            if found and len(found) == 1:
+                return found[0]
+            if found:
+                raise ValueError(f"node name {name!r} is shared by nodes "
+                                 f"{', '.join(str(self.nodes[i]) for i in found)} of {self.key}: "
+                                 "give the id")
+        raise ValueError(f"unknown node {name!r} in {self.key}; {self.suggest(text)}")
+
+    def node_label(self, i: int) -> str:
+        """How a node is shown to people: its label when no other node has it, else its id."""
+        label = self.labels[i]
+        return label if len(self.by_folded[label.casefold()]) == 1 else str(self.nodes[i])
+
+    def suggest(self, text: str, limit: int = 12) -> str:
+        """The closest node labels and ids to ``text``, and the first nodes (id name): what an
+        error about an unknown node shows, short enough for one line on any graph size."""
+        folded = {label.casefold(): label for label in self.labels}
+        close = [folded[c] for c in difflib.get_close_matches(text.casefold(), list(folded), n=3,
+                                                               cutoff=0.5)]
+        listed = [f"{n} {label}" if str(n) != label else label
+                  for n, label in zip(self.nodes[:limit], self.labels)]
+        more = f", ... ({len(self.nodes)} nodes)" if len(self.nodes) > limit else ""
+        hint = f"closest: {', '.join(close)}; " if close else ""
+        return f"{hint}nodes (id name): {', '.join(listed)}{more}"
 
     def _ends(self, link: Any) -> tuple[int, int]:
         if isinstance(link, str):
-            parts = link.split("-")
-            if len(parts) != 2:
-                raise ValueError(f"a link id is 'u-v' (node ids), got {link!r}")
-        elif isinstance(link, (tuple, list)) and len(link) == 2:
-            parts = list(link)
-        else:
-            raise ValueError(f"a link is 'u-v' or (u, v), got {link!r}")
-        return self.node(parts[0]), self.node(parts[1])
+            cuts = [i for i, c in enumerate(link) if c == "-"]
+            if not cuts:
+                raise ValueError(f"a link is 'u-v' (node ids or names), got {link!r}")
+            found: dict[tuple[int, int], None] = {}
+            first_error: Exception | None = None
+            for i in cuts:  # a name may hold '-': every split that names two nodes counts
+                try:
+                    found[(self.node(link[:i]), self.node(link[i + 1:]))] = None
+                except ValueError as exc:
+                    first_error = first_error or exc
+            if len(found) == 1:
+                return next(iter(found))
+            if found:
+                raise ValueError(f"link {link!r} can be read as "
+                                 f"{' or '.join(self._pair(*ends) for ends in found)}: "
+                                 "write it with node ids")
+            if len(cuts) == 1:  # one way to read it: say which end is unknown
+                raise first_error or ValueError(link)
+            raise ValueError(f"link {link!r} does not name two nodes of {self.key} "
+                             f"at any '-'; {self.suggest(link)}")
+        if isinstance(link, (tuple, list)) and len(link) == 2:
+            return self.node(link[0]), self.node(link[1])
+        raise TypeError(f"a link is 'u-v' or (u, v), got {type(link).__name__} {link!r}")
+
+    def _pair(self, u: int, v: int) -> str:
+        return f"{self.nodes[u]}-{self.nodes[v]}"
+
+    def _shown(self, link: Any, ends: tuple[int, int]) -> str:
+        ids = self._pair(*ends)
+        return repr(ids) if str(link) == ids else f"{link!r} ({ids})"
+
+    def _neighbourhood(self, ends: tuple[int, int]) -> str:
+        """The links at the ends of a link that does not exist: what the user may have meant."""
+        parts = []
+        for u in dict.fromkeys(ends):
+            at = [self._pair(a, b) for (a, b) in sorted(self.link_of) if a == u]
+            parts.append(f"links at {self.nodes[u]} ({self.labels[u]}): {', '.join(at) or 'none'}")
+        return "; ".join(parts)
+
+    def link_label(self, link: Any) -> str:
+        """``"11-1 (WASHng-ATLAng)"``: a link's id with its nodes' labels (the id alone when the
+        graph has no labels)."""
+        u, v = self._ends(link)
+        ids, names = self._pair(u, v), f"{self.node_label(u)}-{self.node_label(v)}"
+        return ids if names == ids else f"{ids} ({names})"
 
     def edge(self, link: Any) -> int:
         """Index of the physical link named ``link`` (either orientation)."""
         ends = self._ends(link)
         if ends not in self.edge_of:
-            raise ValueError(f"no link {link!r} in the topology; links: {self.edge_ids()}")
+            raise ValueError(f"no link {self._shown(link, ends)} in {self.key}; "
+                             f"{self._neighbourhood(ends)}")
         return self.edge_of[ends]
 
     def link(self, link: Any) -> int:
         """Index of the (directed, when ``directed``) link named ``link``."""
         ends = self._ends(link)
         if ends not in self.link_of:
-            raise ValueError(f"no link {link!r} in the topology; links: {self.link_ids}")
+            raise ValueError(f"no link {self._shown(link, ends)} in {self.key}; "
+                             f"{self._neighbourhood(ends)}")
         return self.link_of[ends]
 
     def edge_id(self, e: int) -> str:
