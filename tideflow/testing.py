@@ -100,6 +100,9 @@ class Recorder(RiverStrategy):
     def on_task_boundary(self, boundary: TaskBoundary) -> None:
         self.log.append(("boundary", boundary.cause, int(boundary.offset), boundary.previous, boundary.task))
 
+    def prepare(self, unlabeled: Batch) -> None:
+        self.log.append(("prepare", len(unlabeled), self.target in unlabeled.column_names))
+
 
 class Emitter(RiverStrategy):
     """Raises an out-of-distribution event while learning a batch that holds one of ``at``

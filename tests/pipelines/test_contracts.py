@@ -168,6 +168,15 @@ def test_end_of_task_marks_and_drift_as_boundaries():
         tf.Pipeline("bad").source(tf.MemorySource(marked, SCHEMA)).learn(Recorder(_tree()), boundaries=["tide"]).build()
 
 
+def test_strategies_are_prepared_on_the_sources_unlabeled_rows(ray_session):
+    unlabeled = task_batches()[0].select(["x0", "x1", "task"])
+    for runner in ("local", "ray"):
+        src = tf.MemorySource(task_batches(), SCHEMA, unlabeled=unlabeled)
+        r = _run(tf.Pipeline("prep").source(src).learn(Recorder(_tree()), name="s"), runner)
+        log = r.strategies["s"].log
+        assert log[0] == ("prepare", BATCH, False) and [e[0] for e in log].count("prepare") == 1
+
+
 # -- evaluation ----------------------------------------------------------------------------
 
 def test_evaluate_is_side_effect_free_with_per_class_scores():

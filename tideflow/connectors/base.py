@@ -55,6 +55,12 @@ class Source:
         evaluates at every task boundary, in the schema the learn steps see). Default: none."""
         return None
 
+    def unlabeled(self) -> Batch | None:
+        """Rows without their labels that cover the stream's input distribution, handed to every
+        strategy's ``prepare`` before the first batch (e.g. the keys of a discrete key-value
+        bottleneck are initialised on them). Default: none."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Plain-data description of the stream (written into recordings)."""
         return {"stream_id": self.stream_id, "source": type(self).__name__}
@@ -144,9 +150,10 @@ class MemorySource(Source):
     """
 
     def __init__(self, batches: list[Batch], schema: Schema, *, stream_id: str | None = None,
-                 held_out: dict[Any, Batch] | None = None) -> None:
+                 held_out: dict[Any, Batch] | None = None, unlabeled: Batch | None = None) -> None:
         self.batches_ = list(batches)
         self.held_out_ = dict(held_out) if held_out is not None else None
+        self.unlabeled_ = unlabeled
         self.schema_ = schema
         self.stream_id = stream_id or (self.batches_[0].stream_id if self.batches_ else "memory")
         self._index = 0
@@ -156,6 +163,9 @@ class MemorySource(Source):
 
     def held_out(self) -> dict[Any, Batch] | None:
         return self.held_out_
+
+    def unlabeled(self) -> Batch | None:
+        return self.unlabeled_
 
     def params(self) -> dict[str, Any]:
         return {"batches": len(self.batches_), "rows": sum(len(b) for b in self.batches_)}

@@ -153,7 +153,7 @@ class Learner:
                  detector_params: dict[str, Any] | None = None,
                  accept_events_from: set[str] | None = None, label_delay: int = 0,
                  keep_predictions: bool = False, boundaries: tuple[str, ...] = ("task_column", "end_of_task"),
-                 held_out: dict[Any, Batch] | None = None) -> None:
+                 held_out: dict[Any, Batch] | None = None, unlabeled: Batch | None = None) -> None:
         self.name = name
         self.template = strategy
         self.schema = schema
@@ -171,6 +171,8 @@ class Learner:
                              for t, b in self.held_out.items()} if strategy.target else {}
         self._evaluated_start = False
         self._learned_since_eval = False
+        self.unlabeled = unlabeled
+        self._prepared = unlabeled is None
         self.problem = strategy.problem
         self.task_column = schema.task
         self.instances: dict[Any, Strategy] = {}
@@ -191,6 +193,8 @@ class Learner:
             # model included), never from one rebuilt from its constructor parameters
             inst = copy.deepcopy(self.template)
             inst.bind(self.schema)
+            if self.unlabeled is not None and k is not None:
+                inst.prepare(self.unlabeled)  # a key that appears later starts prepared too
             self.instances[k] = inst
         return inst
 
@@ -225,6 +229,13 @@ class Learner:
 
     def step(self, seq: int, batch: Batch | None, events: list[DriftEvent] = ()) -> LearnResult:  # type: ignore[assignment]
         result = LearnResult(seq)
+        if not self._prepared:
+            self._prepared = True
+            for inst in self.instances.values():
+                try:
+                    inst.prepare(self.unlabeled)  # type: ignore[arg-type]
+                except Exception as exc:  # noqa: BLE001 - counted and reported, the job goes on
+                    result.errors.append(f"prepare: {type(exc).__name__}: {exc}")
         if self.held_out and not self._evaluated_start:
             self._evaluated_start = True
             self._evaluate_held_out(None, -1, result, point="start")
@@ -464,6 +475,7 @@ class Learner:
             "marked": self._marked,
             "next_offset": self._next_offset,
             "evaluated_start": self._evaluated_start,
+            "prepared": self._prepared,
             "learned_since_eval": self._learned_since_eval,
         }
 
@@ -485,12 +497,13 @@ class Learner:
         self._marked = bool(state.get("marked", False))
         self._next_offset = int(state.get("next_offset", 0))
         self._evaluated_start = bool(state.get("evaluated_start", False))
+        self._prepared = bool(state.get("prepared", self._prepared))
         self._learned_since_eval = bool(state.get("learned_since_eval", False))
 
 
 def make_learner(graph: Any, name: str, schema: Schema, *, label_delay: int, shard: tuple[int, int] = (0, 1),
                  strategy: Strategy | None = None, keep_predictions: bool = False,
-                 held_out: dict[Any, Batch] | None = None) -> Learner:
+                 held_out: dict[Any, Batch] | None = None, unlabeled: Batch | None = None) -> Learner:
     """The `Learner` of learn step ``name`` of ``graph`` (``strategy``: the instance it trains,
     default the step's own operator)."""
     step = graph.step(name)
@@ -509,6 +522,7 @@ def make_learner(graph: Any, name: str, schema: Schema, *, label_delay: int, sha
         keep_predictions=keep_predictions,
         boundaries=step.boundaries,
         held_out=held_out,
+        unlabeled=unlabeled,
     )
 
 

@@ -13,6 +13,8 @@ parameters as its configuration) with these methods (docs/architecture.md, "Cont
 * ``on_drift(event)``: optional reaction to a drift event from elsewhere; its own error
   detector's events (and warnings) arrive at ``on_error_drift`` (default: ``on_drift``) and
   ``on_error_warning``;
+* ``prepare(unlabeled)``: optional, before the first batch, on unlabeled rows that cover the
+  stream's inputs (the source's ``unlabeled()``);
 * ``on_task_boundary(boundary)``: optional reaction to the end of a task (the schema's
   task column changed, the source marked the end of a task, or a drift event was
   configured to count as one); called after the old task's last rows were learned.
@@ -163,6 +165,11 @@ class Strategy(Stateful):
 
     def on_task_boundary(self, boundary: TaskBoundary) -> None:
         """React to the end of a task; the default ignores it."""
+
+    def prepare(self, unlabeled: Batch) -> None:
+        """Before the first batch: rows without labels that cover the stream's inputs (the
+        source's ``unlabeled()``, or what the user passed); the default ignores them. Called
+        once per run; a strategy restored from a snapshot is not prepared again."""
 
 
 def timed_report(samples: int, start: float, fits: int = 1) -> StepReport:

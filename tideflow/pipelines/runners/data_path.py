@@ -35,6 +35,12 @@ def held_out_sets(graph: Any) -> dict[Any, Any] | None:
     return held() if callable(held) else None
 
 
+def unlabeled_rows(graph: Any) -> Any:
+    """The source's unlabeled rows for the strategies' ``prepare``, if it has any (`Source.unlabeled`)."""
+    rows = getattr(graph.source.op, "unlabeled", None)
+    return rows() if callable(rows) else None
+
+
 def run_chain(ops: list[Any], batch: Batch | None, events: list[DriftEvent]
               ) -> tuple[Batch | None, list[DriftEvent], SideOutput]:
     """One batch through data-path operators in order; every operator drains even when the batch is gone."""

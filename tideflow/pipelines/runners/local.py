@@ -17,15 +17,16 @@ from tideflow.pipelines.collector import Collector
 from tideflow.pipelines.graph import Graph
 from tideflow.pipelines.learn_step import make_learner
 from tideflow.pipelines.options import RunOptions
-from tideflow.pipelines.runners.data_path import DataPath, Mailbox, held_out_sets
+from tideflow.pipelines.runners.data_path import DataPath, Mailbox, held_out_sets, unlabeled_rows
 from tideflow.stream.schema import Schema
 
 
 def run_local(graph: Graph, schema: Schema, collector: Collector, options: RunOptions) -> dict[str, Any]:
     """Run ``graph`` (whose operators are the run's own copies) here; returns the trained strategies."""
-    held_out = held_out_sets(graph)
+    held_out, unlabeled = held_out_sets(graph), unlabeled_rows(graph)
     learners = {s.name: make_learner(graph, s.name, schema, label_delay=options.label_delay,
-                                     keep_predictions=options.keep_predictions, held_out=held_out)
+                                     keep_predictions=options.keep_predictions, held_out=held_out,
+                                     unlabeled=unlabeled)
                 for s in graph.learners}
     path = DataPath([s.op for s in graph.chain], learners, Mailbox(options.event_lag))
     sinks = [s.op for s in graph.sinks]

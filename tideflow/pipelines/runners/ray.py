@@ -26,7 +26,7 @@ from tideflow.pipelines.collector import Collector
 from tideflow.pipelines.graph import Graph
 from tideflow.pipelines.learn_step import LearnResult
 from tideflow.pipelines.options import CheckpointOptions, RayOptions, RunOptions
-from tideflow.pipelines.runners.data_path import Mailbox, held_out_sets
+from tideflow.pipelines.runners.data_path import Mailbox, held_out_sets, unlabeled_rows
 from tideflow.pipelines.runners.ray_actors import Actors
 from tideflow.pipelines.runners.ray_session import ensure_ray
 from tideflow.stream.operator import SideOutput
@@ -67,7 +67,7 @@ def run_on_ray(graph: Graph, schema: Schema, collector: Collector, options: RunO
     max_restarts = checkpointing.max_restarts
     actor_options = dict(label_delay=options.label_delay, max_batches=options.max_batches,
                          keep_predictions=options.keep_predictions, fuse_chain=ray_options.fuse_chain,
-                         held_out=held_out_sets(graph))
+                         held_out=held_out_sets(graph), unlabeled=unlabeled_rows(graph))
     # events raised by strategies reach the other learn steps event_lag batches later, so no
     # more than that many batches may be in flight when there are other learn steps
     in_flight = ray_options.max_in_flight

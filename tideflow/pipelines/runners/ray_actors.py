@@ -220,7 +220,8 @@ class Actors:
     """The actors of one attempt at running the graph (fresh ones for every attempt)."""
 
     def __init__(self, ray: Any, graph: Graph, schema: Any, *, label_delay: int, max_batches: int | None,
-                 keep_predictions: bool, fuse_chain: bool, held_out: dict[Any, Any] | None = None) -> None:
+                 keep_predictions: bool, fuse_chain: bool, held_out: dict[Any, Any] | None = None,
+                 unlabeled: Any = None) -> None:
         import uuid
 
         # named, so that operators (and the fault tests) can find an actor: tideflow.<pipeline>.<id>.<role>
@@ -239,7 +240,8 @@ class Actors:
         if self.chained:
             assert solo is not None
             learner = make_learner(graph, solo.name, schema, label_delay=label_delay, shard=(0, 1),
-                                   strategy=solo.op, keep_predictions=keep_predictions, held_out=held_out)
+                                   strategy=solo.op, keep_predictions=keep_predictions, held_out=held_out,
+                                   unlabeled=unlabeled)
             self.source = ray.remote(num_cpus=cpus[solo.name], num_gpus=solo.num_gpus, **_placement(solo))(
                 SourceActor).options(name=f"{prefix}.source+learn.{solo.name}").remote(graph.source.op, max_batches, ops, {solo.name: learner}, self.sinks,
                                     cpus[solo.name])
@@ -258,7 +260,8 @@ class Actors:
             self.learners[s.name] = [
                 cls.options(name=f"{prefix}.learn.{s.name}.{i}").remote(
                     make_learner(graph, s.name, schema, label_delay=label_delay, shard=(i, n),
-                                        strategy=s.op, keep_predictions=keep_predictions, held_out=held_out), cpus[s.name])
+                                        strategy=s.op, keep_predictions=keep_predictions, held_out=held_out,
+                                 unlabeled=unlabeled), cpus[s.name])
                 for i in range(n)
             ]
 
