@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tideflow.connectors.base import MemorySink, MemorySource, Sink, Source
 from tideflow.connectors.synthetic import SyntheticSource, source_from_spec
+from tideflow.connectors.table import TableSource
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.graph import Graph, GraphError, Keyed
 from tideflow.pipelines.options import CheckpointOptions, RayOptions, RunOptions

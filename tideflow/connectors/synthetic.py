@@ -146,12 +146,16 @@ def _keys(x: dict[Any, Any], features: list[str]) -> list[Any]:
 
 
 def source_from_spec(spec: str) -> Source:
-    """Build a source from ``name[:key=value,...]``, e.g. ``sea-drift:n=5000,seed=3``,
-    or from a recording path ending in ``.arrow``."""
-    if spec.endswith(".arrow"):
-        from tideflow.connectors.recording import RecordingSource
+    """Build a source from ``name[:key=value,...]``, e.g. ``sea-drift:n=5000,seed=3``, or from a
+    file with options: a table (``data.parquet:target=y,time=ts``,
+    ``data.csv:target=temp,key=station,time=time_hour``; see
+    `tideflow.connectors.table.source_from_file`) or a recording (``run.arrow``, ``run.arrows``,
+    options ``batch_size`` and ``speed``)."""
+    from tideflow.connectors.table import is_file_spec, parse_file_spec, source_from_file
 
-        return RecordingSource(spec)
+    if is_file_spec(spec):
+        path, options = parse_file_spec(spec)
+        return source_from_file(path, **options)
     name, _, rest = spec.partition(":")
     kwargs: dict[str, Any] = {}
     for part in filter(None, rest.split(",")):
