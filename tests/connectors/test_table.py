@@ -196,3 +196,45 @@ def test_a_dataset_the_project_has_never_seen(tmp_path):
     assert record(temp, tmp_path / "aq.arrow", progress=False)["rows"] == 153
     temp.seek(0)
     assert _rows(RecordingSource(tmp_path / "aq.arrow")) == _rows(temp)
+
+
+def test_a_parquet_run_on_ray_recovers_a_killed_learner_from_its_checkpoint(tmp_path, ray_session):
+    # the source travels to its actor, snapshots at the checkpoints and seeks back for the replay
+    import threading
+    import time
+
+    from river import linear_model, preprocessing
+
+    from tideflow.testing import PauseOnce, comparable
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4000, 3))
+    df = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": x @ [1.0, -2.0, 0.5]})
+    df.to_parquet(tmp_path / "rows.parquet", row_group_size=300)  # row groups across batch ends
+
+    def pipeline(marker, at):
+        model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+        return (tf.Pipeline("table-recover").source(TableSource(tmp_path / "rows.parquet", target="y",
+                                                                batch_size=100)).validate()
+                .learn(PauseOnce(model, marker=str(marker), at=at), name="lin"))
+
+    baseline = pipeline(tmp_path / "never", -1).run(runner="local", tracking=False, progress=False)
+    marker, killed = tmp_path / "reached", []
+
+    def kill():
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for name in ray_session.util.list_named_actors():
+            if name.startswith("tideflow.table-recover.") and "learn.lin" in name:
+                ray_session.kill(ray_session.get_actor(name), no_restart=False)
+                killed.append(name)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    result = pipeline(marker, 25).run(runner="ray", tracking=False, progress=False, checkpoint_every=10,
+                                      max_in_flight=2)
+    killer.join(timeout=10)
+    assert killed and result.extra["restarts"] == 1
+    assert result.rows == 4000 and result.summary["lin"]["samples_trained"] == 4000  # each row learned once
+    assert comparable(result.per_batch) == comparable(baseline.per_batch)
