@@ -280,29 +280,30 @@ def segments_reason(result: Any, metadata: dict[str, Any]) -> str | None:
                  default=0)
     total = metadata.get("num_rows") or metadata.get("num_steps")
     of = f" of {total}" if total else ""
+    # a stream read to its end "ended"; a run that left rows unread (--max-batches) "stopped"
+    stopped = "the stream ended" if total and scored >= int(total) else "the run stopped"
     day = PROTOCOL["steps_per_day"]
+    start = PROTOCOL["pretrain_steps"]
     if failure is None:
         return ("the stream has no failure (scenario none): every scored step counts as 'before', "
                 "and there is nothing to converge from")
     failure = int(failure)
-    start = PROTOCOL["pretrain_steps"]
     if scored <= min(failure, start):
-        return (f"the run stopped after step {scored}{of}, before scoring starts (step {start}, after "
-                f"the first fit) and before the failure (step {failure}): nothing was scored "
-                f"(--max-batches, or a stream that ends early)")
+        return (f"{stopped} after step {scored}{of}, before scoring starts (step {start}, after the "
+                f"first fit) and before the failure (step {failure}): nothing was scored")
     if scored <= failure:
-        return (f"the run stopped after step {scored}{of}, before the failure at step {failure} "
-                f"(--max-batches, or a stream that ends early): nothing after the failure to score")
-    if failure < PROTOCOL["pretrain_steps"]:
-        return (f"the failure (step {failure}) comes before scoring starts (step "
-                f"{PROTOCOL['pretrain_steps']}, after the first fit): 'before' is empty and there is "
-                f"no reference for the time to converge")
+        return (f"{stopped} after step {scored}{of}, before the failure at step {failure}: nothing "
+                f"after the failure to score")
+    why = []
+    if failure < start:
+        why.append(f"the failure (step {failure}) comes before scoring starts (step {start}, after the "
+                   f"first fit): 'before' is empty and there is no reference for the time to converge")
     if scored <= failure + day:
-        return (f"the run stopped {scored - failure} steps after the failure (step {failure}{of}): "
-                f"'day 1' covers {scored - failure} of its {day} steps and 'after' is empty")
-    if total and scored < int(total):
-        return f"the run stopped after step {scored}{of}: 'after' covers the steps up to there"
-    return None
+        why.append(f"{stopped} {scored - failure} steps after the failure (step {failure}{of}): "
+                   f"'day 1' covers {scored - failure} of its {day} steps and 'after' is empty")
+    elif total and scored < int(total):
+        why.append(f"{stopped} after step {scored}{of}: 'after' covers the steps up to there")
+    return "; ".join(why) or None
 
 
 def score_run(result: Any, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -352,7 +353,8 @@ def _fmt_ttc(steps: int | None, reason: str | None = None, step_minutes: float =
 
 def notes(scores: dict[str, dict[str, Any]]) -> list[str]:
     """The lines under the table: why columns are empty, what "not within the stream" means."""
-    lines = list(dict.fromkeys(r["reason"] for r in scores.values() if r.get("reason")))
+    lines = list(dict.fromkeys(part for r in scores.values() if r.get("reason")
+                               for part in r["reason"].split("; ")))
     if any(r.get("ttc_reason") == "stream ended" for r in scores.values()):
         lines.append(f"time to converge 'not within the stream': the error was back in band when the "
                      f"stream ended, but for fewer than the rule's {PROTOCOL['hold_steps']} steps")
@@ -434,6 +436,12 @@ def plot_forecasts(result: Any, meta: dict[str, Any], path: Path) -> Path:
         ax.plot(hours, arrays["prediction"][sel], lw=0.9, label=name)
     if shown:
         ax.axvline(0, color="red", ls="--", lw=1.2, label=f"failure of {failed_label(meta)}")
+        # later events (another failure, a repair) change the network state again
+        later = [int(st["start_step"]) * int(meta.get("rows_per_step") or 1)
+                 for st in meta.get("failure_states") or [] if int(st["start_step"]) > 0]
+        for i, offset in enumerate(o for o in later if zero < o and lo <= o < hi):
+            ax.axvline((offset - zero) * step_hours, color="red", ls=":", lw=1.0,
+                       label="another failure or a repair" if i == 0 else None)
     drawn = set()
     for e in result.drift_events:
         h = (e.offset - zero) * step_hours
