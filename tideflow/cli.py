@@ -103,11 +103,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run(load_pipeline(args.pipeline, source=source, **_settings(args.set)), args)
 
 
+_FILE_OPTIONS = ("target", "key", "time", "task", "features", "batch_size")
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from tideflow.connectors.recording import record
     from tideflow.connectors.synthetic import source_from_spec
+    from tideflow.connectors.table import file_kind, source_from_file
 
-    source = source_from_spec(args.source)
+    roles = {k: getattr(args, k) for k in _FILE_OPTIONS if getattr(args, k, None) is not None}
+    if file_kind(args.source) is not None:  # a table of the user's: CSV, Parquet, ...
+        source = source_from_file(args.source, **roles)
+    elif roles:
+        raise ValueError(f"--{', --'.join(k.replace('_', '-') for k in roles)} describe a file's columns "
+                         f"(CSV, Parquet); {args.source!r} is a source spec: put options after its ':'")
+    else:
+        source = source_from_spec(args.source)
     info = record(source, args.output, max_batches=args.max_batches, progress=not args.no_progress)
     print(f"recorded {info['rows']} events in {info['batches']} batches "
           f"(offsets {info['first_offset']}..{info['last_offset']}) to {info['path']}")
@@ -265,6 +276,9 @@ def cmd_list(args: argparse.Namespace) -> int:
           "days, links (target, all), batch_steps, ... (tideflow.connectors.linkload)")
     print("  weather  options: stations (EWR;JFK;LGA), target, neighbours, batch_hours (tideflow.connectors.weather)")
     print("  PATH.arrow  a recording")
+    print("  PATH.csv, PATH.parquet  a table of yours (tideflow record data.csv --target y --time ts -o d.arrow; "
+          "or data.csv:target=y,time=ts as a source spec)")
+    print("pipeline options: tideflow show PIPELINE; set them with --set key=value")
     return 0
 
 
@@ -298,8 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("record", help="write a source to an Arrow IPC recording")
-    p.add_argument("source", help="NAME[:key=value,...], e.g. sea-drift:n=20000,seed=1 (see `tideflow list`)")
+    p.add_argument("source", help="NAME[:key=value,...], e.g. sea-drift:n=20000,seed=1 (see `tideflow list`), "
+                                  "or a table of yours: data.csv, data.parquet")
     p.add_argument("-o", "--output", required=True, help="recording file to write (.arrow)")
+    p.add_argument("--target", default=None, help="a file's column to learn to predict")
+    p.add_argument("--time", default=None, help="a file's event-time column")
+    p.add_argument("--key", default=None, help="a file's key column (one series per value: station, sensor)")
+    p.add_argument("--task", default=None, help="a file's task-id column (task streams)")
+    p.add_argument("--features", default=None, help="a file's input columns, comma-separated (default: all)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per batch of a file (default 1000)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_record)

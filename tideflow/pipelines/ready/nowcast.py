@@ -280,12 +280,18 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    schema = source.schema()
+    time_col, key_col = schema.time, schema.key
     source.seek(0)
     stamp: dict[int, Any] = {}
     station: dict[int, str] = {}
     for b in source:
-        ts = b.column("timestamp").cast(pa.timestamp("s")).to_numpy(zero_copy_only=False)
-        st = b.column("station").to_pylist() if "station" in b.column_names else ["all"] * len(b)
+        if time_col is not None and time_col in b.column_names:
+            ts = b.column(time_col).cast(pa.timestamp("s")).to_numpy(zero_copy_only=False)
+        else:  # no time role: the x axis is the row's offset
+            ts = b.offsets
+        st = b.column(key_col).to_pylist() if key_col is not None and key_col in b.column_names \
+            else ["all"] * len(b)
         for off, t, s in zip(b.offsets.tolist(), ts, st):
             stamp[off], station[off] = t, s
     source.seek(0)
