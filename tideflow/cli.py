@@ -103,7 +103,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return _run(load_pipeline(args.pipeline, source=source, **_settings(args.set)), args)
 
 
-_FILE_OPTIONS = ("target", "key", "time", "task", "features", "batch_size")
+_FILE_OPTIONS = ("target", "key", "time", "task", "features", "batch_size", "time_format", "nullable")
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -320,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="a file's key column (one series per value: station, sensor)")
     p.add_argument("--task", default=None, help="a file's task-id column (task streams)")
     p.add_argument("--features", default=None, help="a file's input columns, comma-separated (default: all)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per batch of a file (default 1000)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per batch of a file (default 1024)")
+    p.add_argument("--time-format", default=None, help="a file's time format, e.g. %%d/%%m/%%Y %%H:%%M "
+                                                         "(default: ISO 8601)")
+    p.add_argument("--nullable", default=None, help="a file's columns that may hold nulls, comma-separated "
+                                                    "(default: the inputs; role columns never)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_record)

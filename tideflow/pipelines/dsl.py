@@ -67,14 +67,16 @@ class Pipeline:
         self._steps.append(Step(name, "source", source))
         return self
 
-    def validate(self, schema: Schema | None = None, *, name: str = "validate", extra: str = "quarantine") -> Pipeline:
-        """Validate against ``schema`` (default: the source's declared schema)."""
+    def validate(self, schema: Schema | None = None, *, name: str = "validate", extra: str = "quarantine",
+                 time_order: str = "quarantine") -> Pipeline:
+        """Validate against ``schema`` (default: the source's declared schema); ``time_order``: what
+        happens to a row whose time is earlier than its key's newest (`Validate`)."""
         if schema is None:
             src = next((s for s in self._steps if s.kind == "source"), None)
             if src is None:
                 raise GraphError(f"pipeline {self.name!r}: .validate() without a schema needs a source before it")
             schema = src.op.schema()
-        self._steps.append(Step(name, "validate", Validate(schema, extra=extra, name=name)))
+        self._steps.append(Step(name, "validate", Validate(schema, extra=extra, name=name, time_order=time_order)))
         return self
 
     def detect(self, *detectors: DetectDrift, to: list[str] | None = None) -> Pipeline:
