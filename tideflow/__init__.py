@@ -9,7 +9,6 @@ The public API: build a `Pipeline` from a `Source`, steps (`Validate`,
 from __future__ import annotations
 
 from tideflow.connectors.base import MemorySink, MemorySource, Sink, Source
-from tideflow.connectors.images import ImageStream
 from tideflow.connectors.synthetic import SyntheticSource, source_from_spec
 from tideflow.connectors.table import TableSource
 from tideflow.pipelines.dsl import Pipeline
@@ -27,7 +26,6 @@ from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
-from tideflow.strategies.dkvb import KeyValueBottleneck
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
 from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
@@ -37,13 +35,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvalancheStrategy", "Batch", "FrozenGRU", "FrozenMLP", "IncrementalRefit", "LiquidForecaster",
-    "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed", "ImageStream",
+    "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
     "RunOptions", "RayOptions", "CheckpointOptions", "TaskBoundary", "ClassScores", "PredictionSink",
     "TableSource",
     "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
-    "NowcastPersistence", "NowcastSeasonal", "KeyValueBottleneck",
+    "NowcastPersistence", "NowcastSeasonal",
 ]
 
 
