@@ -29,6 +29,7 @@ from tideflow.strategies.base import ClassScores, StepReport, Strategy
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
 from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
+from tideflow.strategies.prd import PrototypeDistillation
 from tideflow.strategies.river_adapter import RiverStrategy
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "TableSource",
     "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
     "NowcastPersistence", "NowcastSeasonal",
+    "PrototypeDistillation",
 ]
 
 
