@@ -165,6 +165,7 @@ def test_a_missing_data_set_says_how_to_get_it(tmp_path):
         ImageStream("mnist")
 
 
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # batches are read-only
 def test_from_arrays_of_other_shapes_numpy_and_torch():
     import torch
 
@@ -182,6 +183,9 @@ def test_from_arrays_of_other_shapes_numpy_and_torch():
     assert sum(len(b) for b in s.held_out().values()) == 60
     rotated = ImageStream.from_arrays(x, y, xt, yt, split="domain-incremental", tasks=2, standardize=False)
     assert rotated.num_rows == 240 and len(rotated.held_out()[1]) == 60
+    resized = ImageStream.from_arrays(x, y, xt, yt, tasks=3, image_size=12, class_order=range(10, 16))
+    assert next(iter(resized)).tensor("image").shape[1:] == (3, 12, 12) == resized.row_shape
+    assert json.loads(json.dumps(resized.metadata()))["class_order"] == list(range(10, 16))
     # feature vectors (not images): streamed and permuted, not rotated
     v = rng.normal(size=(100, 12))
     vy = np.arange(100) % 4

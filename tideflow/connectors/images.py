@@ -112,12 +112,17 @@ class ImageStream(RowIndexedSource):
         self.blur = blur
         self.standardize = as_bool(standardize)
         self.unlabeled_rows = unlabeled_rows
-        self.options = {k: v for k, v in (("class_order", class_order), ("blur", blur), ("test_fraction", test_fraction),
+        self.options = {k: v for k, v in (("class_order", class_order), ("blur", blur),
                                           ("train_per_class", train_per_class), ("test_per_class", test_per_class),
                                           ("unlabeled_rows", unlabeled_rows)) if v is not None}
+        if dataset == "digits":
+            self.options["test_fraction"] = test_fraction
         if split == "domain-incremental":
             self.options["domain"] = domain
         if isinstance(encoder, FrozenEncoder):
+            if self.image_size is not None and self.image_size != encoder.input_size:
+                raise ValueError(f"image_size={self.image_size} differs from the given encoder's input_size "
+                                 f"{encoder.input_size}: give one of them")
             self.encoder: FrozenEncoder | None = encoder
         elif encoder is not None:
             self.encoder = FrozenEncoder(str(encoder), input_size=self.image_size or DEFAULT_INPUT_SIZE,
@@ -131,6 +136,8 @@ class ImageStream(RowIndexedSource):
         self.plan: SplitPlan = plan_split(split, data.y, data.train, data.test, tasks=self.tasks, seed=self.seed,
                                           class_order=class_order, blur=blur, domain=domain,
                                           pixels=int(np.prod(data.shape)))
+        if class_order is not None:  # as plain data (a range or a "3;1;..." text becomes the list)
+            self.options["class_order"] = list(self.plan.class_order)
         self.stream_id = f"images-{data.name}-{split}-t{self.tasks}-s{self.seed}"
         # batches end where a task ends whenever the learner is told of task ends, so an
         # end-of-task mark always sits on the task's last row

@@ -270,15 +270,16 @@ class FrozenEncoder:
             ``cache=False`` keeps nothing.
         cache: read and write the feature cache.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when this process has a GPU).
-        batch_size: images per forward pass (bounds memory, not results).
+        batch_size: images per forward pass (bounds memory, not results); None: 64 on a CPU,
+            whose caches favour small batches, 512 on a GPU.
         threads: torch's intra-op threads while encoding (process-wide; None leaves them).
     """
 
     def __init__(self, name: str = "efficientnet-lite0", *, input_size: int = DEFAULT_INPUT_SIZE,
                  cache_dir: str | os.PathLike[str] | None = None, cache: bool = True, device: str | None = None,
-                 batch_size: int = 256, threads: int | None = 1) -> None:
+                 batch_size: int | None = None, threads: int | None = 1) -> None:
         check_encoder_name(name)
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name = name
         self.input_size = int(input_size)
@@ -357,10 +358,11 @@ class FrozenEncoder:
             raise ValueError(f"image {bad} holds NaN or infinite pixels: the encoder cannot take it")
         net = self.network()
         device = self._device_name()
+        step = self.batch_size or (64 if device == "cpu" else 512)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                x = to_nchw(images[start:start + self.batch_size], prep.layout, prep.value_range)
+            for start in range(0, len(images), step):
+                x = to_nchw(images[start:start + step], prep.layout, prep.value_range)
                 if x.shape[1] == 1:
                     x = x.expand(-1, 3, -1, -1)
                 if x.shape[1] != 3:
