@@ -269,15 +269,18 @@ class ImageStream(RowIndexedSource):
 
         x = gather(plan.order, plan.view)
         held = {t: gather(rows, np.full(len(rows), v)) for t, (rows, v) in plan.held_out.items()}
-        if self.standardize:
+        del table
+        if self.standardize:  # in place: the stream's arrays are the largest thing a source holds
             flat = x.reshape(len(x), -1)
             mean = flat.mean(axis=0, dtype=np.float64)
             std = flat.std(axis=0, dtype=np.float64)
             std[~(std > 1e-12)] = 1.0  # a value that never varies: centred, not scaled
             mean, scale = mean.astype(np.float32), (1.0 / std).astype(np.float32)
-            x = ((flat - mean) * scale).reshape(x.shape)
-            held = {t: ((h.reshape(len(h), -1) - mean) * scale).reshape(h.shape) for t, h in held.items()}
-        self._arrays = {"x": np.ascontiguousarray(x), "held": held}
+            for arr in (x, *held.values()):
+                view = arr.reshape(len(arr), -1)
+                view -= mean
+                view *= scale
+        self._arrays = {"x": x, "held": held}
         return self._arrays
 
     def _columns(self, x: np.ndarray, labels: np.ndarray, tasks: np.ndarray | None, offsets: np.ndarray,
@@ -318,7 +321,8 @@ class ImageStream(RowIndexedSource):
         if self.unlabeled_rows is not None and self.unlabeled_rows < len(x):
             rng = np.random.default_rng([self.seed, 11])
             offsets = np.sort(rng.choice(len(x), self.unlabeled_rows, replace=False))
-        return Batch.from_pydict({OFFSET: offsets.astype(np.int64), self.column: tensor_array(x[offsets])},
+            x = x[offsets]
+        return Batch.from_pydict({OFFSET: offsets.astype(np.int64), self.column: tensor_array(x)},
                                  stream_id=self.stream_id)
 
     def describe(self) -> str:
