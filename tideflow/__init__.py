@@ -9,6 +9,7 @@ The public API: build a `Pipeline` from a `Source`, steps (`Validate`,
 from __future__ import annotations
 
 from tideflow.connectors.base import MemorySink, MemorySource, Sink, Source
+from tideflow.connectors.images import ImageStream
 from tideflow.connectors.synthetic import SyntheticSource, source_from_spec
 from tideflow.connectors.table import TableSource
 from tideflow.pipelines.dsl import Pipeline
@@ -36,7 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AvalancheStrategy", "Batch", "FrozenGRU", "FrozenMLP", "IncrementalRefit", "LiquidForecaster",
-    "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed",
+    "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed", "ImageStream",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
     "RunOptions", "RayOptions", "CheckpointOptions", "TaskBoundary", "ClassScores", "PredictionSink",
