@@ -9,7 +9,15 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: run test bench soak clean install
 
-install: $(STAMP)
+# Fashion-MNIST for the image streams: Debian's package puts the idx files under /usr/share/datasets/fashion-mnist
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+install: $(STAMP) $(FASHION_MNIST)
+
+$(FASHION_MNIST):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST is missing: as root, apt-get install -y dataset-fashion-mnist" >&2; fi
 
 # Re-install only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -21,7 +29,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/tideflow run linkload --runner ray
 
-test: $(STAMP)
+test: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/python -m pytest -q --durations=15
 
 # Every benchmark in turn (about 15 minutes on 2 cores); each writes bench/results/<name>.json.

@@ -275,6 +275,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("  linkload  options: topology (abilene, geant, topozoo/...), scenario (drastic, moderate, none), seed, "
           "days, links (target, all), batch_steps, ... (tideflow.connectors.linkload)")
     print("  weather  options: stations (EWR;JFK;LGA), target, neighbours, batch_hours (tideflow.connectors.weather)")
+    print("  images  options: dataset (digits, fashion-mnist), split (class-incremental, task-incremental, "
+          "domain-incremental, blurry, task-free), tasks, seed, encoder (efficientnet-lite0), batch_size, "
+          "image_size, class_order (3;1;...), blur, domain (tideflow.connectors.images)")
     print("  PATH.arrow  a recording")
     print("  PATH.csv, PATH.parquet  a table of yours (tideflow record data.csv --target y --time ts -o d.arrow; "
           "or data.csv:target=y,time=ts as a source spec)")
