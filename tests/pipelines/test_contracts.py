@@ -286,3 +286,19 @@ def test_observers_see_every_batch_in_order(ray_session):
         r = _run(tf.Pipeline("obs").source(tf.SyntheticSource("sea-drift", n=1000, batch_size=100)).learn(
             tf.RiverStrategy(_tree()), name="t"), runner, observers=[seen])
         assert r.metrics["seen"] == list(range(10))
+
+
+def test_a_task_free_stream_is_evaluated_where_its_tasks_change(ray_session):
+    """boundaries=() (task-free): the strategy is never told of a task's end, but the held-out sets
+    are evaluated where the task column changes, so the accuracy matrix has one row per task."""
+    def pipeline() -> tf.Pipeline:
+        knn = neighbors.KNNClassifier(n_neighbors=5, engine=neighbors.LazySearch(window_size=150))
+        source = tf.MemorySource(task_batches(), SCHEMA, held_out=task_held_out())
+        return tf.Pipeline("taskfree").source(source).learn(Recorder(knn), name="s", boundaries=())
+
+    local = _run(pipeline(), "local", label_delay=1)
+    assert _boundary_log(local) == [] and local.summary["s"]["task_boundaries"] == 0
+    m = local.cl_metrics["s"]
+    assert len(m.matrix) == 3 and m.bwt is not None and m.forgetting > 0.5
+    ray = _run(pipeline(), "ray", label_delay=1)
+    assert ray.cl_metrics["s"].to_dict() == m.to_dict()

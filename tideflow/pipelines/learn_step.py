@@ -313,14 +313,16 @@ class Learner:
         start = 0
         if tasks is not None:
             prev = self._task
+            told = "task_column" in self.boundaries
             for i, t in enumerate(tasks.tolist()):
-                # a change right after the source's end-of-task mark was signalled by the mark
-                if prev is not None and t != prev and "task_column" in self.boundaries \
-                        and not (i == 0 and self._marked):
+                # a change right after the source's end-of-task mark was signalled by the mark;
+                # on a task-free stream (the strategy is not told) the held-out sets are still
+                # evaluated where the task changes, so that the accuracy matrix has its rows
+                if prev is not None and t != prev and not (i == 0 and self._marked) and (told or self.held_out):
                     if i > start:
                         self._enqueue_rows(seq, batch.slice(start, i - start))
                     self._queue_boundary(seq, TaskBoundary(batch.stream_id, int(batch.offsets[i]), prev, t,
-                                                           "task_column", self.name))
+                                                           "task_column", self.name), tell=told)
                     start = i
                 prev = t
             self._task = prev
@@ -340,8 +342,10 @@ class Learner:
                                                    "end_of_task", self.name))
             self._marked = True
 
-    def _queue_boundary(self, seq: int, boundary: TaskBoundary) -> None:
-        self._pending.append((seq, None, None, boundary))
+    def _queue_boundary(self, seq: int, boundary: TaskBoundary, *, tell: bool = True) -> None:
+        """A boundary in the learning queue; ``tell=False``: only an evaluation point (the strategy
+        is not told, the run does not count it as a boundary)."""
+        self._pending.append((seq, None, None, boundary) if tell else (seq, None, None, boundary, False))
 
     def _drain_queue(self, seq: int, result: LearnResult) -> None:
         # labels arrive label_delay batches after the prediction
@@ -349,7 +353,9 @@ class Learner:
             self._do(self._pending.popleft(), result)
 
     def _do(self, item: tuple[Any, ...], result: LearnResult) -> None:
-        if len(item) == 4:
+        if len(item) == 5:  # an evaluation point the strategy is not told of
+            self._evaluate_held_out(item[3].previous, item[3].offset, result, point="boundary")
+        elif len(item) == 4:
             self._boundary(item[3], result)
         else:
             self._learn(item[1], item[2], result)
@@ -463,8 +469,8 @@ class Learner:
         """Models, error detectors, the rows still waiting for their labels and task tracking."""
         pending = []
         for item in self._pending:
-            if len(item) == 4:
-                pending.append([item[0], None, None, item[3].to_dict()])
+            if len(item) >= 4:
+                pending.append([item[0], None, None, item[3].to_dict(), *item[4:]])
             else:
                 pending.append([item[0], item[1], item[2]])
         return {
@@ -488,8 +494,8 @@ class Learner:
             det.restore(s)
         pending: deque[tuple[Any, ...]] = deque()
         for item in state.get("pending", []):
-            if len(item) == 4:
-                pending.append((item[0], None, None, TaskBoundary(**item[3])))
+            if len(item) >= 4:
+                pending.append((item[0], None, None, TaskBoundary(**item[3]), *item[4:]))
             else:
                 pending.append((item[0], item[1], item[2]))
         self._pending = pending
