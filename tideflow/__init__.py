@@ -27,6 +27,7 @@ from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
+from tideflow.strategies.dkvb import KeyValueBottleneck
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
 from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
@@ -43,7 +44,7 @@ __all__ = [
     "RunOptions", "RayOptions", "CheckpointOptions", "TaskBoundary", "ClassScores", "PredictionSink",
     "TableSource",
     "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
-    "NowcastPersistence", "NowcastSeasonal",
+    "NowcastPersistence", "NowcastSeasonal", "KeyValueBottleneck",
     "PrototypeDistillation",
 ]
 
