@@ -28,7 +28,7 @@ from tideflow.pipelines.learn_step import LearnResult
 from tideflow.pipelines.options import CheckpointOptions, RayOptions, RunOptions
 from tideflow.pipelines.runners.data_path import Mailbox, held_out_sets, unlabeled_rows
 from tideflow.pipelines.runners.ray_actors import Actors
-from tideflow.pipelines.runners.ray_session import ensure_ray
+from tideflow.pipelines.runners.ray_session import ensure_ray, wait_for_actors
 from tideflow.stream.operator import SideOutput
 from tideflow.stream.schema import Schema
 
@@ -86,6 +86,7 @@ def run_on_ray(graph: Graph, schema: Schema, collector: Collector, options: RunO
     while True:
         actors = Actors(ray, graph, schema, **actor_options)
         try:
+            wait_for_actors(ray, actors.all())  # actors no node can place: an error within a bound
             if last is not None:
                 actors.restore(ray, last["actors"])
             mailbox.restore(last.get("mailbox") if last else None)
