@@ -94,3 +94,26 @@ def test_restored_strategy_learns_on_exactly_as_the_original(name, kwargs):
         assert ra.extra["train_rows"] == rb.extra["train_rows"]
     for (k, va), (_, vb) in zip(a._net.state_dict().items(), b_._net.state_dict().items()):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_rows_with_a_missing_feature_or_label_are_counted_and_left_out():
+    # one NaN input would make the loss NaN and every weight NaN for good
+    schema = tf.Schema({"x0": "float64", "x1": "float64", "y": "int64"}, target="y", nullable=("x1", "y"))
+    batches = list(_stream(3, seed=4))
+    x1, y = batches[1].column("x1").to_pylist(), batches[1].column("y").to_pylist()
+    x1[3], x1[40], y[7] = None, float("inf"), None
+    gappy = tf.Batch.from_pydict({"x0": batches[1].column("x0"), "x1": x1, "y": y}, first_offset=128)
+    kept = gappy.filter([i not in (3, 7, 40) for i in range(128)])
+    twins = []
+    for middle in (gappy, kept):
+        s = tf.AvalancheStrategy("Naive", n_classes=2, hidden=16, lr=0.1, seed=1)
+        s.bind(schema)
+        s.learn(batches[0])
+        report = s.learn(middle)
+        s.learn(batches[2])
+        twins.append((report, s))
+    (report, s), (_, reference) = twins
+    assert report.samples == 128 and report.skipped == {"null_feature": 2, "null_target": 1}
+    assert s.n_learned == reference.n_learned == 3 * 128 - 3
+    assert np.array_equal(s.predict_scores(batches[2]).scores, reference.predict_scores(batches[2]).scores)

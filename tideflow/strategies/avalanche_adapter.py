@@ -20,6 +20,13 @@ Departures, and why:
   keeps its memory out of the snapshot: its class name is listed under
   ``"not_in_snapshot"``, so that a checkpoint says what it does not hold (Replay
   with a storage policy other than its default experience-balanced one too).
+* Rows it cannot train on are left out of the batch's experience and counted in
+  ``StepReport.skipped``: ``"null_target"`` (no label) and ``"null_feature"`` (a
+  null, NaN or infinite value in any feature). One such row would otherwise make the
+  loss NaN, and the SGD step would turn every weight into NaN for good (every later
+  prediction the same class). A batch with no row left trains nothing. Predicting a
+  row with a missing feature gives NaN logits, hence class 0 (torch's argmax takes the
+  first NaN): such a row's prediction means nothing, and this adapter does not impute.
 * Every batch is an experience, so EWC in its default ``mode="separate"`` keeps
   one copy of the parameters and one of the importances per batch learned: its
   memory (and its snapshots) grow with the stream. For a long-lived job use
@@ -183,10 +190,26 @@ class AvalancheStrategy(Strategy):
         assert self.target is not None
         start = time.perf_counter()
         self._ensure(batch)
-        x = torch.from_numpy(self._inputs(batch))
-        y = torch.from_numpy(batch.numpy(self.target).astype(np.int64))
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+        inputs = self._inputs(batch)
+        labels = batch.column(self.target)
+        # rows it cannot train on (module docstring): counted, left out of the experience
+        has_label = ~labels.is_null().to_numpy(zero_copy_only=False)
+        finite = np.isfinite(inputs).all(axis=1)
+        skipped = {}
+        if not has_label.all():
+            skipped["null_target"] = int((~has_label).sum())
+        if not (finite | ~has_label).all():
+            skipped["null_feature"] = int((~finite & has_label).sum())
+        use = has_label & finite
+        y_all = np.where(has_label, labels.to_numpy(zero_copy_only=False), 0).astype(np.int64)
+        if use.any() and (int(y_all[use].min()) < 0 or int(y_all[use].max()) >= self.n_classes):
             raise SchemaError(f"AvalancheStrategy: labels outside 0..{self.n_classes - 1}")
+        if not use.any():
+            return StepReport(samples=len(batch), train_seconds=time.perf_counter() - start, skipped=skipped)
+        if not use.all():
+            inputs, y_all = inputs[use], y_all[use]
+        x = torch.from_numpy(inputs)
+        y = torch.from_numpy(y_all)
         data = _dataset(x, y)
         experience = benchmark_from_datasets(train=[data]).train_stream[0]
         torch.manual_seed(self.seed * 1_000_003 + self.n_batches)
@@ -194,7 +217,7 @@ class AvalancheStrategy(Strategy):
         with _quiet():
             self._template.train(experience)
         self.n_batches += 1
-        self.n_learned += len(batch)
+        self.n_learned += len(y)
         # samples: the batch's new rows; train_rows: what went through the net (epochs x
         # (batch + replayed rows)); flops: ~6 x parameters x train_rows (forward 2, backward 4
         # multiply-adds per parameter and example: a dense-net estimate that leaves out the
@@ -202,7 +225,7 @@ class AvalancheStrategy(Strategy):
         rows = self._counter.rows
         n_params = sum(p.numel() for p in self._net.parameters())
         return StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start,
-                          extra={"train_rows": float(rows), "flops": 6.0 * n_params * rows})
+                          extra={"train_rows": float(rows), "flops": 6.0 * n_params * rows}, skipped=skipped)
 
     def _logits(self, batch: Batch) -> Any:
         import torch

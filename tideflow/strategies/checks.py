@@ -23,6 +23,15 @@ failure reads ``AvalancheStrategy-snapshot_restore_identical``:
                                   behaves like a new, unfitted one
 ``does_not_mutate_input``         ``learn`` and ``predict`` leave their batch unchanged
 ``on_drift_keeps_contract``       after ``on_drift`` it still predicts and snapshots plain data
+``messy_rows_lose_no_batch``      on a stream with a time column, nulls and NaN in a nullable
+                                  feature and rows out of time order (`messy_schema`,
+                                  `tideflow.stream.checks.messy_stream`), ``learn`` and
+                                  ``predict`` never raise, ``predict`` gives one value per row
+                                  (finite for regression; per-class scores finite where no
+                                  feature is missing), and a ``learn`` that changed no
+                                  prediction reports every row of its batch in
+                                  ``StepReport.skipped`` (a replayed batch; a batch whose
+                                  nullable feature is null throughout)
 ================================  ===========================================================
 
 "Identically" means the same predictions on every batch of the check stream
@@ -37,7 +46,8 @@ where ``y`` is float64 when the instance's ``problem`` is ``"regression"`` and i
 constructor has required arguments (``AvalancheStrategy`` needs ``n_classes``)
 or to keep the checks fast (a small hidden layer). The check stream
 (`tideflow.stream.checks.check_stream`) has a few batches of 64 rows with a drift
-halfway.
+halfway. ``messy_rows_lose_no_batch`` binds to `messy_schema` instead (the same columns, a
+nullable ``x1`` and a time column ``t``) and feeds `tideflow.stream.checks.messy_stream`.
 
 How a strategy is picked up: defining a concrete `Strategy` subclass registers
 it (``Operator.__init_subclass__``); ``tests/test_checks.py`` imports every
@@ -47,7 +57,7 @@ strategy. Nothing to list by hand.
 >>> from tideflow.strategies.river_adapter import RiverStrategy
 >>> checks = list(yield_strategy_checks(RiverStrategy))
 >>> checks[0].__name__, len(checks)
-('learn_returns_report', 11)
+('learn_returns_report', 12)
 >>> for check in checks:
 ...     check()
 """
@@ -57,6 +67,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from tideflow.stream.batch import Batch
@@ -67,22 +78,32 @@ from tideflow.stream.checks import (
     check_stream,
     copy_batch,
     empty_like,
+    messy_stream,
     named_check,
 )
 from tideflow.stream.drift import DriftEvent
-from tideflow.stream.schema import Schema
-from tideflow.strategies.base import StepReport, Strategy
+from tideflow.stream.schema import Field, Schema
+from tideflow.strategies.base import ClassScores, StepReport, Strategy
 
-__all__ = ["check_schema", "check_strategy", "yield_strategy_checks"]
+__all__ = ["check_schema", "check_strategy", "messy_schema", "yield_strategy_checks"]
 
 FEATURES = ("x0", "x1")
 TARGET = "y"
+TIME = "t"
 
 
 def check_schema(problem: str) -> Schema:
     """The schema the checks bind a strategy of ``problem`` ("regression" or "classification") to."""
     y = "int64" if problem == "classification" else "float64"
     return Schema({"x0": "float64", "x1": "float64", TARGET: y}, target=TARGET)
+
+
+def messy_schema(problem: str) -> Schema:
+    """The schema of the messy check stream: `check_schema`'s columns, ``x1`` nullable (NaN
+    allowed too) and an int64 time column ``t`` in seconds (the schema's time role)."""
+    y = "int64" if problem == "classification" else "float64"
+    x1 = Field("x1", pa.float64(), nullable=True, allow_nonfinite=True)
+    return Schema({TIME: "int64", "x0": "float64", "x1": x1, TARGET: y}, target=TARGET, time=TIME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,6 +378,99 @@ def check_on_drift_keeps_contract(setup: _Setup) -> None:
     assert_plain(strategy.snapshot(), "snapshot() after on_drift")
 
 
+def _outputs(strategy: Strategy, batches: list[Batch]) -> list[Any]:
+    """Predictions of every batch, with per-class scores where the strategy gives them."""
+    out: list[Any] = []
+    for batch in batches:
+        out.append(strategy.predict(batch))
+        try:
+            out.append(strategy.predict_scores(batch).scores)
+        except NotImplementedError:
+            pass
+    return out
+
+
+def _check_answers(strategy: Strategy, batch: Batch, problem: str, where: str) -> None:
+    preds = strategy.predict(batch)
+    assert isinstance(preds, pa.Array) and len(preds) == len(batch), (
+        f"predict {where} gave {len(preds)} values for {len(batch)} rows"
+    )
+    if problem == "regression":
+        values = np.asarray(preds.to_numpy(zero_copy_only=False), dtype=np.float64)
+        assert np.isfinite(values).all(), (
+            f"predict {where} gave {int((~np.isfinite(values)).sum())} non-finite values of {len(batch)}"
+        )
+    try:
+        scores = strategy.predict_scores(batch)
+    except NotImplementedError:
+        return
+    assert isinstance(scores, ClassScores) and scores.scores.shape[0] == len(batch)
+    whole = np.isfinite(batch.features(FEATURES)).all(axis=1)
+    bad = ~np.isfinite(scores.scores[whole]).all(axis=1)
+    assert not bad.any(), (
+        f"predict_scores {where} gave non-finite scores for {int(bad.sum())} rows that miss no feature "
+        "(a row with a missing value must not spoil the model)"
+    )
+
+
+def _check_skipped(report: StepReport, batch: Batch, where: str) -> None:
+    assert isinstance(report, StepReport), f"learn {where} returned {type(report).__name__}"
+    assert report.samples == len(batch), (
+        f"learn {where}: StepReport.samples is {report.samples}, the batch has {len(batch)} rows"
+    )
+    for reason, n in report.skipped.items():
+        assert type(reason) is str and type(n) is int and n > 0, (
+            f"learn {where}: StepReport.skipped must map reasons to positive row counts, got {reason!r}: {n!r}"
+        )
+    assert sum(report.skipped.values()) <= len(batch), (
+        f"learn {where}: StepReport.skipped counts {sum(report.skipped.values())} rows of {len(batch)}"
+    )
+
+
+def check_messy_rows_lose_no_batch(setup: _Setup) -> None:
+    """Nulls in a nullable feature and rows out of time order lose no batch, and a row that
+    ``learn`` could not use is counted in ``StepReport.skipped``.
+
+    Whether a strategy can use a row depends on what it reads (a nowcaster orders rows by
+    time; a River model does not read the time), so the check asks what it can see from
+    outside: a ``learn`` after which no prediction (nor per-class score) of any batch has
+    changed used none of its rows, and must say so for every one of them.
+    """
+    strategy = setup.cls(**setup.params)
+    strategy.bind(messy_schema(setup.problem))
+    stream = messy_stream(setup.problem, setup.n_batches, setup.seed, features=FEATURES, nullable=("x1",),
+                          time=TIME)
+    for i, batch in enumerate(stream):
+        _check_answers(strategy, batch, setup.problem, f"on messy batch {i} before learning it")
+        _check_skipped(strategy.learn(batch), batch, f"on messy batch {i}")
+        _check_answers(strategy, batch, setup.problem, f"on messy batch {i} after learning it")
+    replay = stream[-2]
+    last = stream[-1]
+    # new times, other targets, x1 null throughout: rows a strategy that reads x1 cannot use
+    steps = int(max(b.numpy(TIME).max() for b in stream)) // 3600 + 1 + np.arange(len(last))
+    other = last.numpy(TARGET)
+    other = 1 - other if setup.problem == "classification" else other + 1.0
+    blank = Batch.from_pydict(
+        {TIME: pa.array(steps * 3600, type=pa.int64()), "x0": last.column("x0"),
+         "x1": pa.nulls(len(last), pa.float64()), TARGET: other},
+        stream_id=last.stream_id, first_offset=int(last.last_offset) + 1)  # type: ignore[arg-type]
+    probes = (("a replay of messy batch " + str(len(stream) - 2), replay),
+              ("a batch whose nullable feature x1 is null throughout", blank))
+    for what, probe in probes:
+        before = _outputs(strategy, stream)
+        report = strategy.learn(probe)
+        _check_skipped(report, probe, f"on {what}")
+        try:
+            assert_same(_outputs(strategy, stream), before)
+        except AssertionError:
+            continue  # it used some rows: nothing to say about which
+        assert sum(report.skipped.values()) == len(probe), (
+            f"learn on {what} changed no prediction, so it used none of its {len(probe)} rows, but "
+            f"StepReport.skipped counts {dict(report.skipped)}: say why rows are left out"
+        )
+        _check_answers(strategy, probe, setup.problem, f"on {what}")
+
+
 STRATEGY_CHECKS: tuple[Callable[[_Setup], None], ...] = (
     check_learn_returns_report,
     check_predict_returns_array,
@@ -369,6 +483,7 @@ STRATEGY_CHECKS: tuple[Callable[[_Setup], None], ...] = (
     check_clone_is_fresh,
     check_does_not_mutate_input,
     check_on_drift_keeps_contract,
+    check_messy_rows_lose_no_batch,
 )
 
 

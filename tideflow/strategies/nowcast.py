@@ -31,6 +31,7 @@ hour), which never fit.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,10 @@ class NowcastGBM(NowcastForecaster):
       loss, whose hessian is 1), ``l2_regularization`` 0.5 standing in for XGBoost's
       alpha (an L1 penalty scikit-learn's trees lack); no early stopping (the released
       setup's 256-row eval set only reports). One OpenMP thread unless ``threads``.
+
+    Missing values stay NaN (the trees learn where a missing value goes); a feature with no
+    value at all in a fit's window enters that fit as a constant (scikit-learn's binning
+    cannot take a column without values), so it is simply not used.
     """
 
     def __init__(self, *, max_iter: int = 100, max_depth: int = 6, learning_rate: float = 0.1,
@@ -132,11 +137,18 @@ class NowcastGBM(NowcastForecaster):
         ok = np.isfinite(ys)
         if ok.sum() < 10:
             return None
+        Xs = Xs[ok]
+        blank = ~np.isfinite(Xs).any(axis=0)
+        if blank.any():
+            # a feature without a single value in the window (a sensor down for longer than
+            # the window) has nothing to teach; scikit-learn's binning fails on such a column,
+            # so it enters the fit as a constant, which no tree splits on
+            Xs = np.where(blank[None, :], 0.0, Xs)
         m = HistGradientBoostingRegressor(
             max_iter=self.max_iter, max_depth=self.max_depth, learning_rate=self.learning_rate,
             min_samples_leaf=5, l2_regularization=0.5, early_stopping=False, random_state=seed % (2**31))
         with torch_core.openmp_threads(self.threads):
-            m.fit(Xs[ok], ys[ok])
+            m.fit(Xs, ys[ok])
         return m
 
     def _predict_model(self, model: Any, X: np.ndarray) -> np.ndarray:
@@ -180,8 +192,10 @@ class _TorchNowcaster(NowcastForecaster):
         torch = self._torch()
         # MinMax(-1, 1) scalers of the inputs and of each horizon's target (released setup)
         flat = X.reshape(-1, X.shape[-1])
-        lo, hi = np.nanmin(np.where(np.isfinite(flat), flat, np.nan), axis=0), np.nanmax(
-            np.where(np.isfinite(flat), flat, np.nan), axis=0)
+        with warnings.catch_warnings():  # a feature without values in the window: NaN, made 0 below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, hi = np.nanmin(np.where(np.isfinite(flat), flat, np.nan), axis=0), np.nanmax(
+                np.where(np.isfinite(flat), flat, np.nan), axis=0)
         lo, hi = np.nan_to_num(lo), np.nan_to_num(hi)
         ylo, yhi = np.nanmin(Y, axis=0), np.nanmax(Y, axis=0)
         ylo, yhi = np.nan_to_num(ylo), np.nan_to_num(yhi)

@@ -24,7 +24,17 @@ Features (released setup)
     The row's own columns (``features``), the target's current value and its
     ``lags`` (6) previous values, hour sin/cos. Nulls stay NaN: gradient boosting
     handles them natively; the neural nets see them as 0 after scaling (the middle
-    of the (-1, 1) range, ours).
+    of the (-1, 1) range, ours). A row with a null feature is learned like any other.
+Rows it cannot use (``StepReport.skipped``)
+    ``"time_not_after_newest"``: a row whose time is not after the newest row the
+    series already holds (a replayed or late row, or a second row with the same time
+    in one batch: the first is kept) is not learned (the history is in time order and
+    a replay must not be learned twice); ``replayed_rows`` keeps the total.
+    ``"null_time"``: a row without a time (null, or a non-finite number) has no place
+    on the grid; ``predict`` answers it with the last known value.
+    ``"null_target"``: a row whose target is missing (not finite) enters the history
+    (its features, and a missing lag for later rows) but gives nothing to learn from
+    or to score. Each row is counted under one reason.
 Targets (released setup)
     Deltas ``y[t+h] - y[t]`` for h = 1..H (H = ``horizons``, 6); the forecast is
     ``y[t]`` plus the predicted delta. A row whose future value is missing is
@@ -224,16 +234,21 @@ class NowcastForecaster(Strategy):
         if missing:
             raise SchemaError(f"{type(self).__name__}: batch lacks columns {missing}; it has {batch.column_names}")
 
-    def _times(self, batch: Batch, start: int) -> np.ndarray:
+    def _times(self, batch: Batch, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """The grid step of every row, and which rows have a time at all (a null, or a
+        non-finite number, is none: such a row's step is 0 and means nothing)."""
         if not self._use_time:
-            return np.arange(start, start + len(batch), dtype=np.int64)
+            return np.arange(start, start + len(batch), dtype=np.int64), np.ones(len(batch), dtype=bool)
         arr = batch.column(self.time)  # type: ignore[arg-type]
         if pa.types.is_timestamp(arr.type):
-            arr = arr.cast(pa.timestamp("s"))
-            secs = arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
-        else:
-            secs = arr.to_numpy(zero_copy_only=False).astype(np.int64)
-        return secs // self.step_seconds
+            arr = arr.cast(pa.timestamp("s")).cast(pa.int64())
+        raw = arr.to_numpy(zero_copy_only=False)
+        has_time = ~arr.is_null().to_numpy(zero_copy_only=False)
+        if raw.dtype.kind == "f":
+            has_time &= np.isfinite(raw)
+        if not has_time.all():
+            raw = np.where(has_time, raw, 0)
+        return raw.astype(np.int64) // self.step_seconds, has_time
 
     # -- features ---------------------------------------------------------------------------
     def _columns(self, batch: Batch) -> np.ndarray:
@@ -245,16 +260,28 @@ class NowcastForecaster(Strategy):
         ])
 
     def _append(self, s: _Series, times: np.ndarray, y: np.ndarray, cols: np.ndarray,
-                lookback: np.ndarray) -> int:
-        """Add rows (in time order) with their feature rows to the history; returns how many."""
+                lookback: np.ndarray) -> tuple[int, int, int]:
+        """Add rows (in time order) with their feature rows to the history.
+
+        Returns how many rows were added; how many were not because their time is not after
+        the newest row already seen (a replayed or late row, or a second row with the same
+        time in this batch: the first one seen is kept), which are counted in
+        ``replayed_rows`` and never learned twice; and how many of the added rows have no
+        (finite) target.
+        """
         order = np.argsort(times, kind="stable")
         times, y, cols, lookback = times[order], y[order], cols[order], lookback[order]
-        if len(s.times) and times[0] <= s.times[-1]:
-            keep = times > s.times[-1]  # at or before the newest: a replayed row, counted, not relearned
-            self.replayed_rows += int((~keep).sum())
+        newest = s.times[-1] if len(s.times) else None
+        keep = np.ones(len(times), dtype=bool)
+        if newest is not None:
+            keep &= times > newest
+        keep[1:] &= times[1:] != times[:-1]
+        late = int((~keep).sum())
+        if late:
+            self.replayed_rows += late
             times, y, cols, lookback = times[keep], y[keep], cols[keep], lookback[keep]
         if not len(times):
-            return 0
+            return 0, late, 0
         s.times = np.concatenate([s.times, times])
         s.y = np.concatenate([s.y, y])
         s.lookback = np.concatenate([s.lookback, lookback])
@@ -276,7 +303,7 @@ class NowcastForecaster(Strategy):
         if len(s.times) > cap:
             cut = len(s.times) - cap
             s.times, s.y, s.X, s.lookback = s.times[cut:], s.y[cut:], s.X[cut:], s.lookback[cut:]
-        return new
+        return new, late, int((~np.isfinite(y)).sum())
 
     # -- the contract -------------------------------------------------------------------------
     def learn(self, batch: Batch) -> StepReport:
@@ -288,11 +315,21 @@ class NowcastForecaster(Strategy):
         if s is None:
             s = self._series = _Series(self.n_features)
         ready_before = s.n >= self.ready_rows
-        times = self._times(batch, s.n)
+        times, has_time = self._times(batch, s.n)
         y = batch.numpy(self.target).astype(np.float64)  # type: ignore[arg-type]
         lookback = (batch.numpy(self.lookback_column).astype(np.int64) if self.lookback_column
                     else np.full(len(batch), self.window, dtype=np.int64))
-        new = self._append(s, times, y, self._columns(batch), lookback)
+        cols = self._columns(batch)
+        if not has_time.all():
+            # a row without a time has no place in the series: counted, not learned
+            report.skipped["null_time"] = int((~has_time).sum())
+            times, y, cols, lookback = times[has_time], y[has_time], cols[has_time], lookback[has_time]
+        new, late, no_target = self._append(s, times, y, cols, lookback) if len(times) else (0, 0, 0)
+        if late:
+            report.skipped["time_not_after_newest"] = late
+        if no_target:
+            # in the history (features, lags of later rows) but nothing to learn or score
+            report.skipped["null_target"] = no_target
         new_idx = np.arange(len(s.times) - new, len(s.times))
         if new:
             # forecasts from every new row with the model as it was (issued as the row arrived);
@@ -345,14 +382,14 @@ class NowcastForecaster(Strategy):
         s = self._series
         if s is None or not len(s.times):
             return pa.array(out, type=pa.float64())
-        times = self._times(batch, s.n)
+        times, has_time = self._times(batch, s.n)
         t0 = int(s.times[-1])
         issued = s.pending.get(t0)
         last = s.last_value()
         fallback = 0.0 if last is None else last
         for j, t in enumerate(times.tolist()):
             h = t - t0
-            if issued is not None and 1 <= h <= self.horizons and np.isfinite(issued[h - 1]):
+            if has_time[j] and issued is not None and 1 <= h <= self.horizons and np.isfinite(issued[h - 1]):
                 out[j] = issued[h - 1]
             else:
                 out[j] = fallback

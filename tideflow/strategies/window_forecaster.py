@@ -38,6 +38,15 @@ The setting, common to every forecaster:
   shared check suite demands identical predictions with and without the target
   column, which only ``"recursive"`` satisfies, so ``_unit_test_params`` use it; the
   tests run every other check on the ``"observed"`` mode.
+* **Missing values.** A missing observation (a null or NaN target) is forward-filled
+  with the series' previous value before it is kept (`tideflow.strategies.series.forward_fill`):
+  a policy, not a loss, so the row counts as a sample and ``StepReport.skipped`` stays
+  empty; the same fill stands in for missing values of the batch when predicting rows
+  after them (``within_batch="observed"``). Features are not inputs, so a null there
+  changes nothing, and the time column is not read, so a late row is taken as the newest.
+  Nothing is dropped. Known limit: values missing at the very start of a series have
+  nothing to fill them from and stay NaN in the history, and a fit whose window holds
+  them yields a model that forecasts NaN.
 * **Pretraining.** Until a series has ``pretrain_steps`` samples (default 1344 =
   14 days of 15-min steps) it is forecast by persistence (its last value). At exactly
   that sample the model is fitted on those samples; samples that arrived in the same

@@ -76,6 +76,7 @@ __all__ = [
     "check_stream",
     "copy_batch",
     "empty_like",
+    "messy_stream",
     "named_check",
     "scrambled_global_rngs",
     "yield_operator_checks",
@@ -137,6 +138,61 @@ def check_stream(
         start = first_offset + i * batch_size
         batches.append(Batch.from_pydict(columns, stream_id=stream_id, first_offset=start))
     return batches
+
+
+def messy_stream(
+    schema_kind: str = "regression",
+    n_batches: int = 4,
+    seed: int = 0,
+    *,
+    features: Sequence[str] = ("x0", "x1"),
+    nullable: Sequence[str] = ("x1",),
+    time: str = "t",
+    step_seconds: int = 3600,
+    batch_size: int = 64,
+    stream_id: str = "check",
+) -> list[Batch]:
+    """`check_stream`'s batches with what real streams bring: a time column, gaps in the
+    nullable features and rows out of time order.
+
+    * ``time`` (int64, seconds): one ``step_seconds`` per row in offset order, except that
+      in every batch after the first the first 3 rows carry the times of the previous
+      batch's last 3 rows (late rows: their time is not after the newest one already
+      seen), and rows 10 and 11 of every batch swap their times (disorder inside a batch).
+    * every feature in ``nullable``: null in every 16th row from row 5, NaN in row 7.
+
+    Offsets increase as in `check_stream`; the other columns are its columns.
+
+    >>> stream = messy_stream(n_batches=2, batch_size=16)
+    >>> stream[1].column("t").to_pylist()[:4] == [13 * 3600, 14 * 3600, 15 * 3600, 19 * 3600]
+    True
+    >>> stream[0].column("x1").to_pylist()[5] is None
+    True
+    """
+    if time in features or time in ("y", "offset"):
+        raise ValueError(f"time column {time!r} must not be a feature, 'y' or 'offset'")
+    if not set(nullable) <= set(features):
+        raise ValueError(f"nullable {list(nullable)} must be features ({list(features)})")
+    if batch_size < 16:
+        raise ValueError("messy_stream needs batches of at least 16 rows")
+    out = []
+    for batch in check_stream(schema_kind, n_batches, seed, features=features, batch_size=batch_size,
+                              stream_id=stream_id):
+        columns: dict[str, Any] = {name: batch.column(name) for name in batch.column_names if name != "offset"}
+        steps = batch.offsets.astype(np.int64).copy()
+        if out:
+            steps[:3] = steps[0] - np.arange(3, 0, -1)
+        steps[[10, 11]] = steps[[11, 10]]
+        columns[time] = pa.array(steps * step_seconds, type=pa.int64())
+        for name in nullable:
+            values = batch.numpy(name).astype(np.float64).tolist()
+            values[7] = float("nan")
+            for i in range(5, len(values), 16):
+                values[i] = None
+            columns[name] = pa.array(values, type=pa.float64())
+        ordered = {name: columns[name] for name in [time, *features, "y"]}
+        out.append(Batch.from_pydict(ordered, stream_id=stream_id, first_offset=int(batch.first_offset or 0)))
+    return out
 
 
 def empty_like(batch: Batch) -> Batch:
