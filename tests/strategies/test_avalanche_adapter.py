@@ -117,3 +117,6 @@ def test_rows_with_a_missing_feature_or_label_are_counted_and_left_out():
     assert report.samples == 128 and report.skipped == {"null_feature": 2, "null_target": 1}
     assert s.n_learned == reference.n_learned == 3 * 128 - 3
     assert np.array_equal(s.predict_scores(batches[2]).scores, reference.predict_scores(batches[2]).scores)
+    # what the adapter states for predicting such a row: no imputation, NaN logits, class 0
+    row = gappy.take([3])
+    assert np.isnan(s.predict_scores(row).scores).all() and s.predict(row).to_pylist() == [0]

@@ -328,3 +328,22 @@ def test_configuration_errors_are_clear():
     f = bound(FrozenMLP(key="link", target="load", **TINY), KEYED)
     with pytest.raises(SchemaError, match="key column 'link'"):
         f.predict(Batch.from_pydict({"load": [1.0]}))
+
+
+def test_a_missing_observation_is_the_previous_value_and_counts_as_used():
+    # the policy window_forecaster.py states (committed link-load results rest on it): a NaN load
+    # is forward-filled before it is kept, the row is a sample, nothing is reported as skipped
+    y = profile(60)
+    gappy, filled = y.copy(), y.copy()
+    gappy[[10, 45, 46]] = np.nan
+    filled[10], filled[45:47] = filled[9], filled[44]
+    twins = []
+    for values in (gappy, filled):
+        f = FrozenMLP(hidden=8, **TINY)
+        f.bind(Schema({"y": "float64"}, target="y", nullable=("y",)))
+        reports = [f.learn(Batch.from_pydict({"y": values[i:i + 20]}, first_offset=i)) for i in range(0, 60, 20)]
+        twins.append((reports, f))
+    (reports, gap), (_, full) = twins
+    assert all(r.samples == 20 and not r.skipped for r in reports) and gap.n_learned == 60
+    probe = Batch.from_pydict({"y": profile(70)[60:]}, first_offset=60)
+    assert gap.predict(probe).equals(full.predict(probe))

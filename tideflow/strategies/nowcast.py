@@ -163,6 +163,10 @@ class _TorchNowcaster(NowcastForecaster):
     A fresh network and Adam optimiser every fit (`tideflow.strategies.torch_core.train`):
     initial weights and minibatch order from the fit's seed, dropout masks from the
     seed + 1, all in forks of the global generators.
+
+    A missing input (a null feature, a missing lag) is 0 after scaling, the middle of the
+    window's (-1, 1) range, in fits and forecasts alike (`_scale_x`); a row with a missing
+    target is left out of the loss of that horizon.
     """
 
     checkable = False
