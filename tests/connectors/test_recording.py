@@ -124,7 +124,7 @@ def test_header_is_json_not_pickle(four: tuple[Path, list[Batch]]) -> None:
     path, _ = four
     with pa.ipc.open_stream(pa.memory_map(str(path))) as reader:
         doc = json.loads(reader.schema.metadata[METADATA_KEY])
-    assert doc["format"] == "tideflow-recording" and doc["version"] == 1
+    assert doc["format"] == "tideflow-recording" and doc["version"] == 2
     assert doc["stream_id"] == "s"
     assert doc["schema"]["target"] == "y" and doc["schema"]["key"] == "link"
     assert [f["name"] for f in doc["schema"]["fields"]] == ["x", "y", "link"]
@@ -470,6 +470,9 @@ def test_record_counts_and_metadata(tmp_path: Path) -> None:
         "batches": 3,
         "first_offset": 0,
         "last_offset": 13,
+        "marks": 0,
+        "held_out_rows": {},
+        "unlabeled_rows": None,
     }
     src = RecordingSource(tmp_path / "r.arrows")
     meta = src.metadata()

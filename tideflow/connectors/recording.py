@@ -15,6 +15,14 @@ against a live source resumes at the same event against its recording. A file
 that was cut short (a crashed writer, a partial copy) still replays: its intact
 batches come first, then `RecordingError`.
 
+A recording keeps what a task stream needs besides its rows: each batch's
+end-of-task mark (`Batch.end_of_task`; a re-chunked replay ends a chunk at every
+marked batch, so no mark is lost or moved), the held-out sets per task
+(`RecordingSource.held_out`) and the unlabeled rows (`RecordingSource.unlabeled`).
+`record` stores them when the source has them. A recording written before they
+were kept (format version 1) still replays; it warns when its metadata shows that
+its source had them, and `RecordingSource.lacks` names what it does not keep.
+
 >>> import tempfile, os
 >>> from tideflow.stream.batch import Batch
 >>> from tideflow.stream.schema import Schema
@@ -32,12 +40,15 @@ batches come first, then `RecordingError`.
 [[1], [2]]
 >>> src.position
 3
+>>> src.held_out() is None, src.lacks
+(True, ())
 >>> tmp.cleanup()
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +63,15 @@ from tideflow.connectors.recording_format import (
     EOS,
     FORMAT,
     FORMAT_VERSION,
+    LACKS_V1,
     METADATA_KEY,
     PathLike,
     RecordingError,
+    Tag,
+    batch_arrow_schema,
     open_stream,
     parse_header,
+    parse_tag,
 )
 from tideflow.connectors.recording_writer import RecordingSink, RecordingWriter
 from tideflow.stream.batch import OFFSET, Batch
@@ -65,6 +80,7 @@ from tideflow.stream.schema import Schema
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LACKS_V1",
     "METADATA_KEY",
     "RecordingError",
     "RecordingSink",
@@ -95,15 +111,17 @@ class RecordingSource(Source):
     Args:
         path: the ``.arrows`` file.
         batch_size: re-chunk to this many rows per batch (the last may be
-            shorter); None keeps the batches as they were written.
+            shorter, and so is a chunk that ends at an end-of-task mark); None
+            keeps the batches as they were written.
         speed: None replays as fast as possible; ``k`` replays at ``k`` times
             real time by the schema's ``time`` column (event time advances
             ``k`` times faster than wall time), to exercise a pipeline as a live
             stream would.
 
-    The file is memory-mapped, so batches (tensor columns included) reach the
-    pipeline without a copy, and skipping batches on a seek costs only their
-    message headers. The file is assumed not to change while it is open.
+    The file is memory-mapped, so batches (tensor columns included), held-out
+    sets and unlabeled rows reach the pipeline without a copy, and skipping
+    batches on a seek costs only their message headers. The file is assumed not
+    to change while it is open.
     """
 
     kind = "recording"
@@ -128,6 +146,16 @@ class RecordingSource(Source):
         self.stream_id = header.stream_id
         self._schema = header.schema
         self._metadata = header.metadata
+        self.format_version = header.version
+        self._lacks = header.lacks
+        # What batches carry: the header's nullability (a file with unlabeled rows stores the
+        # columns they lack as nullable). Only those columns can hold nulls the header forbids.
+        self._batch_schema = batch_arrow_schema(self._arrow_schema, self._schema)
+        self._relabel = not self._batch_schema.equals(self._arrow_schema)
+        self._null_checks = [
+            i for i, (stored, declared) in enumerate(zip(self._arrow_schema, self._batch_schema))
+            if stored.nullable and not declared.nullable
+        ]
         if speed is not None:
             tcol = self._schema.time
             if tcol is None:
@@ -144,24 +172,65 @@ class RecordingSource(Source):
         self._target: int | None = None
         self._epoch = 0
         self._index_cache: tuple[list[_Entry], RecordingError | None] | None = None
+        if self._lacks:
+            self._warn_of_losses()
+
+    def _warn_of_losses(self) -> None:
+        """Say so when an older recording's metadata shows that its source had what it lost.
+
+        Without such evidence it stays silent (most older recordings are of streams that had
+        none of it); `lacks` always names what the format does not keep.
+        """
+        meta = self._metadata
+        lost = []
+        if meta.get("end_of_task_marks"):
+            lost.append("marked the end of each task (a replay has no task boundaries from marks)")
+        held = meta.get("held_out_rows")
+        if held:
+            tasks = ", ".join(str(t) for t in held)
+            lost.append(
+                f"had held-out sets for tasks {tasks} (a replay evaluates nothing: no cl_metrics)"
+            )
+        if not lost:
+            return
+        kept = ", ".join(self._lacks[:-1]) + " or " + self._lacks[-1]
+        warnings.warn(
+            f"{self.path} is a format version {self.format_version} recording: it keeps no "
+            f"{kept}. Its source ({meta.get('source', 'unknown')}) "
+            f"{' and '.join(lost)}; record the source again with this tideflow to keep them.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    @property
+    def lacks(self) -> tuple[str, ...]:
+        """What this recording's format version does not keep, whether or not its source had
+        it: ``()`` for the current format, `LACKS_V1` for a version 1 file."""
+        return self._lacks
 
     # -- low-level reading --------------------------------------------------------
-    def _stored(self) -> Iterator[pa.RecordBatch]:
-        """Every stored record batch, checked; raises RecordingError at the first damage.
+    def _stored(self) -> Iterator[tuple[pa.RecordBatch, Tag]]:
+        """Every stored record batch and its tag, checked; raises RecordingError at the first
+        damage.
 
         The checks are what the writer guarantees, so a violation means the
         file was damaged or not written by tideflow; the batches before it are
-        still yielded, because they are intact.
+        still yielded, because they are intact. Stream and held-out batches come
+        with the header's nullability (`batch_arrow_schema`); unlabeled rows as
+        stored (`unlabeled` picks their columns).
         """
+        tagged = self.format_version >= 2
         with open_stream(self.path) as (mm, reader, size):
             if not reader.schema.equals(self._arrow_schema, check_metadata=True):
                 raise RecordingError(f"{self.path}: the file changed since it was opened")
             last: int | None = None
+            in_stream = False
+            known: dict[bytes, Tag] = {}  # a stream batch's tag is one of two: parsed once
             end_of_good = mm.tell()
             n = 0
             while True:
                 try:
-                    rb = reader.read_next_batch()
+                    rb, custom = reader.read_next_batch_with_custom_metadata()
                 except StopIteration:
                     break
                 except (pa.ArrowException, OSError) as exc:
@@ -173,20 +242,45 @@ class RecordingSource(Source):
                     rb.validate()
                 except (pa.ArrowException, ValueError) as exc:
                     raise RecordingError(f"{self.path}: batch {n} is corrupt: {exc}") from None
+                if tagged:
+                    raw = custom.get(METADATA_KEY) if custom is not None else None
+                    tag = known.get(raw) if raw is not None else None
+                    if tag is None:
+                        tag = parse_tag(self.path, n, raw)
+                        if tag.part == "stream":
+                            known[raw] = tag  # type: ignore[index]
+                else:
+                    tag = Tag()
                 col = rb.column(OFFSET)
                 if col.null_count:
                     raise RecordingError(f"{self.path}: batch {n} has null offsets")
-                offs = col.to_numpy(zero_copy_only=False)
-                backwards = last is not None and len(offs) and offs[0] <= last
-                if backwards or (len(offs) > 1 and not np.all(np.diff(offs) > 0)):
+                if tag.part == "stream":
+                    in_stream = True
+                    offs = col.to_numpy(zero_copy_only=False)
+                    backwards = last is not None and len(offs) and offs[0] <= last
+                    if backwards or (len(offs) > 1 and not np.all(np.diff(offs) > 0)):
+                        raise RecordingError(
+                            f"{self.path}: offsets do not increase strictly in batch {n}"
+                        )
+                    if len(offs):
+                        last = int(offs[-1])
+                elif in_stream:
                     raise RecordingError(
-                        f"{self.path}: offsets do not increase strictly in batch {n}"
+                        f"{self.path}: batch {n} ({tag.part}) follows the stream's batches; "
+                        f"a recording keeps its held-out and unlabeled rows ahead of them"
                     )
-                if len(offs):
-                    last = int(offs[-1])
+                if self._relabel and tag.part != "unlabeled":
+                    # null counts are in the message header: this reads no column data
+                    for i in self._null_checks:
+                        if rb.column(i).null_count:
+                            raise RecordingError(
+                                f"{self.path}: batch {n} ({tag.part}): column "
+                                f"{rb.schema.field(i).name!r} is not nullable but holds nulls"
+                            )
+                    rb = pa.RecordBatch.from_arrays(rb.columns, schema=self._batch_schema)
                 end_of_good = mm.tell()
                 n += 1
-                yield rb
+                yield rb, tag
             # A clean end of the reader is not proof of a complete file: a cut
             # that removes exactly the end-of-stream marker also reads as the end.
             if size - end_of_good != len(EOS) or mm.tell() != size:
@@ -195,13 +289,35 @@ class RecordingSource(Source):
                     f"batches (truncated, trailing bytes, or the writer was not closed)"
                 )
 
+    def _stream(self) -> Iterator[tuple[pa.RecordBatch, bool]]:
+        """The stream's stored batches and their end-of-task marks (held-out and unlabeled
+        parts skipped: their message headers are read, their data is not touched)."""
+        for rb, tag in self._stored():
+            if tag.part == "stream":
+                yield rb, tag.end_of_task
+
+    def _parts(self) -> Iterator[tuple[pa.RecordBatch, Tag]]:
+        """The held-out and unlabeled parts: the batches ahead of the stream's first. Damage
+        before that point raises, since it may hide a part; damage after it cannot."""
+        if self.format_version < 2:
+            return
+        stored = self._stored()
+        try:
+            for rb, tag in stored:
+                if tag.part == "stream":
+                    return
+                yield rb, tag
+        finally:
+            stored.close()
+
     def _index(self) -> tuple[list[_Entry], RecordingError | None]:
-        """(first, last, rows) of each intact stored batch, and the damage found, if any."""
+        """(first, last, rows) of each intact stored stream batch with rows, and the damage
+        found, if any."""
         if self._index_cache is None:
             entries: list[_Entry] = []
             damage: RecordingError | None = None
             try:
-                for rb in self._stored():
+                for rb, _ in self._stream():
                     if rb.num_rows:
                         offs = rb.column(OFFSET)
                         first, last = int(offs[0].as_py()), int(offs[-1].as_py())
@@ -222,9 +338,48 @@ class RecordingSource(Source):
     def params(self) -> dict[str, Any]:
         return {"path": str(self.path), "batch_size": self.batch_size, "speed": self.speed}
 
+    def held_out(self) -> dict[Any, Batch] | None:
+        """The recorded source's held-out rows per task, in the order they were recorded, task
+        ids as they were (an int stays an int); None when it had none or the recording's
+        format does not keep them (`lacks`). Memory-mapped, like the stream's batches."""
+        out = {
+            tag.task: Batch(
+                rb, tag.stream_id if tag.stream_id is not None else self.stream_id, tag.end_of_task
+            )
+            for rb, tag in self._parts()
+            if tag.part == "held_out"
+        }
+        return out or None
+
+    def unlabeled(self) -> Batch | None:
+        """The recorded source's unlabeled rows with the columns they had, as they had them
+        (the columns they lacked are left out again); None when it had none or the
+        recording's format does not keep them (`lacks`). Memory-mapped, like the stream's
+        batches."""
+        for rb, tag in self._parts():
+            if tag.part != "unlabeled":
+                continue
+            names = list(tag.columns or ())
+            unknown = [c for c in names if c not in rb.schema.names]
+            if unknown or OFFSET not in names:
+                raise RecordingError(
+                    f"{self.path}: the unlabeled rows' tag names columns {names}, "
+                    f"but the file has {rb.schema.names}"
+                )
+            fields = [
+                self._batch_schema.field(c).with_nullable(flag)
+                for c, flag in zip(names, tag.nullable or (True,) * len(names))
+            ]
+            schema = pa.schema(fields, metadata=self._batch_schema.metadata)
+            data = pa.RecordBatch.from_arrays([rb.column(c) for c in names], schema=schema)
+            stream_id = tag.stream_id if tag.stream_id is not None else self.stream_id
+            return Batch(data, stream_id, tag.end_of_task)
+        return None
+
     @property
     def num_rows(self) -> int:
-        """Rows in the whole recording (a scan of batch headers; cached).
+        """Rows in the whole recorded stream (a scan of batch headers; cached; held-out and
+        unlabeled rows are not part of the stream).
 
         Not ``__len__``: iterating a source yields batches, not rows, and
         ``list(source)`` would call ``__len__`` (and fail on a damaged file)
@@ -258,7 +413,8 @@ class RecordingSource(Source):
         if target <= entries[i].first:
             return entries[i].first
         # Inside stored batch i, where offsets may have gaps: look at its rows.
-        for j, rb in enumerate(self._stored()):
+        with_rows = (rb for rb, _ in self._stream() if rb.num_rows)
+        for j, rb in enumerate(with_rows):
             if j == i:
                 offs = rb.column(OFFSET).to_numpy(zero_copy_only=False)
                 return int(offs[np.searchsorted(offs, target, side="left")])
@@ -273,7 +429,8 @@ class RecordingSource(Source):
                 for batch in replay:
                     # Position moves before the consumer sees the batch, so a
                     # snapshot taken while holding it resumes after it.
-                    self._target = int(batch.last_offset) + 1  # type: ignore[arg-type]
+                    if len(batch):
+                        self._target = int(batch.last_offset) + 1  # type: ignore[arg-type]
                     yield batch
                     if self._epoch != epoch:
                         restarted = True
@@ -284,7 +441,14 @@ class RecordingSource(Source):
                 return
 
     def _replay(self, target: int | None) -> Iterator[Batch]:
-        """Batches from ``target`` on, re-chunked and paced; damage raises after the intact rows."""
+        """Batches from ``target`` on, re-chunked and paced; damage raises after the intact rows.
+
+        Marks: a chunk ends at every marked batch's last row (`Batch.concat` keeps only the
+        last part's mark, so a mark inside a chunk would be lost, and one carried to a later
+        row would move the task's end). A stored marked batch without rows lends its mark to
+        the stored batch before it, which is therefore held back until the next one is read;
+        where the rows before it were sought past, its mark went with them.
+        """
         pending: list[Batch] = []
         pending_rows = 0
         pacer = Pacer(self.speed, self._schema.time) if self.speed is not None else None
@@ -296,37 +460,56 @@ class RecordingSource(Source):
                 pacer.wait(out)
             return out
 
+        def chunks(batch: Batch) -> Iterator[Batch]:
+            nonlocal pending, pending_rows
+            if size is None:
+                yield emit([batch])
+                return
+            while len(batch):
+                take = batch.slice(0, size - pending_rows)
+                pending.append(take)
+                pending_rows += len(take)
+                batch = batch.slice(len(take))
+                if pending_rows == size or take.end_of_task:
+                    parts, pending, pending_rows = pending, [], 0
+                    yield emit(parts)
+
+        held: Batch | None = None  # the last stream batch with rows, until the next is read
+        sought_past = False  # rows before ``target`` were skipped
         try:
-            for rb in self._stored():
-                batch = Batch(rb, self.stream_id)
-                if target is not None and len(batch):
+            for rb, mark in self._stream():
+                batch = Batch(rb, self.stream_id, mark)
+                if not len(batch):
+                    if not mark:
+                        continue
+                    if held is not None:
+                        held = Batch(held.data, held.stream_id, True)
+                    elif not sought_past:  # a mark before any row: handed on as it is
+                        yield emit([batch])
+                    continue
+                if target is not None:
                     offs = rb.column(OFFSET)
                     if int(offs[-1].as_py()) < target:
+                        sought_past = True
                         continue
                     if int(offs[0].as_py()) < target:
                         values = offs.to_numpy(zero_copy_only=False)
                         start = int(np.searchsorted(values, target, side="left"))
                         batch = batch.slice(start)
-                if not len(batch):
-                    continue
-                if size is None:
-                    yield emit([batch])
-                    continue
-                while len(batch):
-                    take = batch.slice(0, size - pending_rows)
-                    pending.append(take)
-                    pending_rows += len(take)
-                    batch = batch.slice(len(take))
-                    if pending_rows == size:
-                        parts, pending, pending_rows = pending, [], 0
-                        yield emit(parts)
+                        sought_past = True
+                if held is not None:
+                    yield from chunks(held)
+                held = batch
         except RecordingError:
+            if held is not None:
+                yield from chunks(held)
             if pending:
                 yield emit(pending)
             raise
+        if held is not None:
+            yield from chunks(held)
         if pending:
             yield emit(pending)
-
 
 
 # -- recording a source -------------------------------------------------------------------
@@ -339,17 +522,36 @@ def record(
     max_batches: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``source``'s batches (from its current position) to a recording at ``path``.
+    """Write ``source``'s batches (from its current position) to a recording at ``path``,
+    with their end-of-task marks, and the source's held-out sets and unlabeled rows, if it
+    has any (stored ahead of the stream, whatever the position).
 
-    Returns ``{"path", "rows", "batches", "first_offset", "last_offset"}``;
-    the offsets are None when nothing was written. ``max_batches`` bounds an
-    endless source (a generator, a live feed). Empty batches are not counted.
+    Returns ``{"path", "rows", "batches", "first_offset", "last_offset", "marks",
+    "held_out_rows", "unlabeled_rows"}``: the offsets are None when nothing was
+    written, ``marks`` counts the end-of-task marks, ``held_out_rows`` is ``{task:
+    rows}`` and ``unlabeled_rows`` None when the source has none. ``max_batches``
+    bounds an endless source (a generator, a live feed). Empty batches are not
+    counted (a marked one is stored, for its mark).
     """
     if max_batches is not None and max_batches < 0:
         raise ValueError(f"max_batches must be >= 0, got {max_batches}")
+    # asked before the file exists, so a source that cannot give them leaves no file behind
+    held = source.held_out()
+    unlabeled = source.unlabeled()
     writer = RecordingWriter(
         path, source.schema(), stream_id=source.stream_id, metadata=source.metadata()
     )
+    try:
+        if unlabeled is not None:  # first: the columns it lacks are nullable in the file
+            writer.write_unlabeled(unlabeled)
+        for task, rows in (held or {}).items():
+            writer.write_held_out(task, rows)
+    except BaseException:
+        # nothing of the stream is written yet: a file without its parts would replay as if
+        # the source had none, so none is left
+        writer.close()
+        writer.path.unlink(missing_ok=True)
+        raise
     with writer:
         if progress:
             from rich.progress import (
@@ -381,6 +583,9 @@ def record(
         "batches": writer.batches,
         "first_offset": writer.first_offset,
         "last_offset": writer.last_offset,
+        "marks": writer.marks,
+        "held_out_rows": dict(writer.held_out_rows),
+        "unlabeled_rows": writer.unlabeled_rows,
     }
 
 
