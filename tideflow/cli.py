@@ -120,8 +120,16 @@ def cmd_record(args: argparse.Namespace) -> int:
     else:
         source = source_from_spec(args.source)
     info = record(source, args.output, max_batches=args.max_batches, progress=not args.no_progress)
+    parts = []
+    if info.get("marks"):
+        parts.append(f"{info['marks']} end-of-task marks")
+    if info.get("held_out_rows"):
+        parts.append(f"held-out rows of {len(info['held_out_rows'])} tasks")
+    if info.get("unlabeled_rows"):
+        parts.append(f"{info['unlabeled_rows']} unlabeled rows")
     print(f"recorded {info['rows']} events in {info['batches']} batches "
-          f"(offsets {info['first_offset']}..{info['last_offset']}) to {info['path']}")
+          f"(offsets {info['first_offset']}..{info['last_offset']}) to {info['path']}"
+          + (f"; with {', '.join(parts)}" if parts else ""))
     return 0
 
 
