@@ -347,3 +347,17 @@ def test_a_missing_observation_is_the_previous_value_and_counts_as_used():
     assert all(r.samples == 20 and not r.skipped for r in reports) and gap.n_learned == 60
     probe = Batch.from_pydict({"y": profile(70)[60:]}, first_offset=60)
     assert gap.predict(probe).equals(full.predict(probe))
+
+
+def test_a_series_that_starts_without_values_leaves_them_out_and_counts_them():
+    """Missing loads before a series' first value have nothing to carry forward: they are left out
+    and counted (learning them as NaN made every later forecast of the series NaN)."""
+    from tideflow.stream.schema import Schema
+
+    f = FrozenMLP(window=4, pretrain_steps=40, epochs=2, hidden=8)
+    f.bind(Schema({"y": "float64"}, target="y", nullable=("y",)))
+    y = np.sin(np.arange(100) / 4)
+    y[:5] = np.nan
+    report = f.learn(Batch.from_pydict({"y": y}))
+    assert report.skipped == {"null_target": 5} and f.fits == 1
+    assert np.isfinite(f.predict(Batch.from_pydict({"y": [0.1, 0.2]}, first_offset=100)).to_numpy()).all()

@@ -279,11 +279,22 @@ class WindowForecaster(Strategy):
         start = time.perf_counter()
         values = batch.numpy(self.target).astype(np.float64)
         before = (self.fits, self.fit_windows, self.examples)
+        leading = 0
         for k, rows in self._groups(batch):
             series = self._series.get(k)
+            filled = forward_fill(values[rows], series.last if series is not None else None)
+            if series is None or series.last is None:
+                # a series that starts without a value has nothing to carry forward: its leading
+                # missing loads are left out (and counted), never learned as NaN, which would
+                # make every later fit of the series NaN
+                start = int(np.argmax(np.isfinite(filled))) if np.isfinite(filled).any() else len(filled)
+                leading += start
+                filled = filled[start:]
+                if not len(filled):
+                    continue
             if series is None:
                 series = self._series[k] = Series()
-            self._absorb(series, forward_fill(values[rows], series.last))
+            self._absorb(series, filled)
         finite = values[np.isfinite(values)]
         self._target_sum += float(finite.sum())
         self._target_count += int(len(finite))
@@ -296,6 +307,7 @@ class WindowForecaster(Strategy):
             train_seconds=seconds,
             extra={"fit_windows": float(self.fit_windows - before[1]),
                    "examples": float(self.examples - before[2])},
+            skipped={"null_target": leading} if leading else {},
         )
 
     def predict(self, batch: Batch) -> pa.Array:
