@@ -99,3 +99,20 @@ def test_the_neural_nowcasters_see_a_missing_feature_as_the_middle_of_its_range(
     rows[:, 0] = np.nan
     assert np.allclose(f._predict_model((net, scaler), rows), f._predict_model((net, scaler), middle), rtol=0,
                        atol=1e-6)
+
+
+def test_a_batch_longer_than_the_window_is_learned_and_scored():
+    """A batch of more rows than the history keeps (window + context) used to fail with an
+    IndexError: its rows are now kept until the next trim, scored and forecast."""
+    import numpy as np
+
+    import tideflow as tf
+    from tideflow.strategies.nowcast import NowcastGBM
+
+    f = NowcastGBM(window=12, horizons=2, lags=2, max_iter=5)
+    f.bind(tf.Schema({"x": "float64", "y": "float64"}, target="y"))
+    x, y = np.cos(np.arange(120) / 5), np.sin(np.arange(120) / 5)
+    first = f.learn(tf.Batch.from_pydict({"x": x[:60], "y": y[:60]}))
+    second = f.learn(tf.Batch.from_pydict({"x": x[60:], "y": y[60:]}, first_offset=60))
+    assert first.fits == 1 and second.fits == 1 and second.extra["n_h1"] == 60
+    assert np.isfinite(f.predict(tf.Batch.from_pydict({"x": [0.5], "y": [0.1]}, first_offset=120)).to_numpy()).all()

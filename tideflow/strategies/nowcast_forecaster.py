@@ -299,7 +299,9 @@ class NowcastForecaster(Strategy):
             rows.append(np.concatenate([np.asarray(p, dtype=np.float64) for p in parts]))
         s.X = np.concatenate([s.X, np.asarray(rows).reshape(new, -1)])
         s.n += new
-        cap = max(self.window + self.context, 24 + self.horizons + 1, self.lags + 1)
+        # the history the next fits and lags need, and at least this call's rows (a batch longer
+        # than the window is scored and forecast from its own rows before the next trim)
+        cap = max(self.window + self.context, 24 + self.horizons + 1, self.lags + 1, new)
         if len(s.times) > cap:
             cut = len(s.times) - cap
             s.times, s.y, s.X, s.lookback = s.times[cut:], s.y[cut:], s.X[cut:], s.lookback[cut:]
