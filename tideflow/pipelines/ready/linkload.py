@@ -123,15 +123,11 @@ NORMALISATIONS = ("global", "window")
 
 def _integer(name: str, value: Any, minimum: int) -> int:
     """An integer option as the command line or Python gives it (``3`` or ``"3"``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str, np.integer)):
+    text = str(value).strip()
+    ok = not isinstance(value, bool) and isinstance(value, (int, str, np.integer))
+    if not (ok and text.lstrip("-").isdigit() and int(text) >= minimum):
         raise ValueError(f"linkload option {name} is an integer >= {minimum}, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"linkload option {name} is an integer >= {minimum}, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"linkload option {name} is an integer >= {minimum}, got {value!r}")
-    return number
+    return int(text)
 
 
 def strategy_names(set_name: str | None = None, strategies: Any = None) -> list[str]:
@@ -503,10 +499,15 @@ def compare(*, topologies: list[str], scenarios: list[str], seeds: list[int], se
     import multiprocessing
 
     if unknown:
+        import difflib
+
         hint = {"topology": "topologies", "scenario": "scenarios", "seed": "seeds"}
-        known = [f"{k} (say {hint[k]}=[...])" if k in hint else k for k in sorted(unknown)]
-        raise ValueError(f"unknown linkload compare option(s) {', '.join(known)}; known: "
-                         f"{', '.join(COMPARE_OPTIONS)}")
+        close = {k: difflib.get_close_matches(k, [*COMPARE_OPTIONS, *hint], n=1) for k in sorted(unknown)}
+        named = [f"{k} (say {hint[k]}=[...])" if k in hint else
+                 f"{k} (did you mean {close[k][0]}?)" if close[k] else k for k in sorted(unknown)]
+        raise ValueError(f"unknown linkload compare option(s) {', '.join(named)}; it takes set, strategies "
+                         f"and failures besides the sweep (topologies, scenarios, seeds) and the run's "
+                         f"settings (normalisation, runner, tracking, out, progress, jobs)")
     strategy_names(set, strategies)
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"normalisation is one of {NORMALISATIONS}, got {normalisation!r}")
