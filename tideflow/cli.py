@@ -60,11 +60,11 @@ def _run(pipeline: Any, args: argparse.Namespace) -> int:
 
 
 def _value(text: str) -> Any:
-    """A ``--set`` value: int, float, true/false, none, else the text itself (lists stay 'a,b')."""
+    """A ``--set`` value: int, float, true/false, null, else the text itself (lists stay 'a,b')."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
-    if low in ("none", "null"):
+    if low == "null":  # "none" stays a word: it is a value of some options (scenario=none)
         return None
     for cast in (int, float):
         try:
@@ -144,6 +144,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.experiment_name != "linkload" or len(legacy) > 1:
             raise ValueError(f"--set takes key=value, got {legacy[0]!r}")
         settings["set"] = legacy[0]
+    if args.experiment_name == "images":
+        from tideflow.pipelines.ready.images import compare as compare_images
+
+        out = Path(args.out or "results/images")
+        doc = compare_images(**settings, jobs=args.jobs, out=out, runner=args.runner)
+        print(out.with_suffix(".md").read_text())
+        print(f"wrote {out.with_suffix('.json')} and .md in {doc['seconds']:.0f} s")
+        return 0
     if args.experiment_name == "nowcast":
         from tideflow.pipelines.ready.nowcast import compare as compare_nowcast
 
@@ -265,7 +273,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"graph hash: {graph.fingerprint()}")
     options = describe_options(name)
     if options:
-        print(f"\noptions (--set key=value):\n{options}")
+        print(f"\noptions (--set key=value):\n{options}\n")
     return 0
 
 
@@ -280,8 +288,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("sources (tideflow record NAME[:key=value,...]):")
     for name in STREAMS:
         print(f"  {name}  options: n, batch_size, seed, position, width")
-    print("  linkload  options: topology (abilene, geant, topozoo/...), scenario (drastic, moderate, none), seed, "
-          "days, links (target, all), batch_steps, ... (tideflow.connectors.linkload)")
+    print("  linkload  options: topology (abilene, geant, polska, topozoo/...), scenario (drastic, moderate, none), "
+          "seed, days, failures (link:7-9@18;node:ATLAng@18-20: ids or node names, @day[-repair_day]), failed_node, "
+          "links (target, all), batch_steps, ... (tideflow.connectors.linkload)")
     print("  weather  options: stations (EWR;JFK;LGA), target, neighbours, batch_hours (tideflow.connectors.weather)")
     print("  images  options: dataset (digits, fashion-mnist), split (class-incremental, task-incremental, "
           "domain-incremental, blurry, task-free), tasks, seed, encoder (efficientnet-lite0), batch_size, "
@@ -341,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("compare", help="run a ready comparison (several streams and seeds) and write its table")
-    p.add_argument("experiment_name", choices=("linkload", "nowcast"), help="which comparison")
+    p.add_argument("experiment_name", choices=("linkload", "nowcast", "images"), help="which comparison")
     p.add_argument("--topologies", default="abilene,geant")
     p.add_argument("--scenarios", default="drastic,moderate")
     p.add_argument("--seeds", default="0,1,2")
