@@ -419,6 +419,9 @@ class KafkaSource(BrokerSource):
                 if not self._joined:
                     idle_since = time.monotonic()  # waiting for the group is not idleness
                     continue
+                if self._missing_since is not None:
+                    # partitions held by another member may hold messages: not idle either
+                    idle_since = time.monotonic()
                 if got:
                     idle_since = time.monotonic()
                 for p in sorted(self._bufs):
