@@ -358,6 +358,10 @@ def test_a_series_that_starts_without_values_leaves_them_out_and_counts_them():
     f.bind(Schema({"y": "float64"}, target="y", nullable=("y",)))
     y = np.sin(np.arange(100) / 4)
     y[:5] = np.nan
+    import time
+
+    t0 = time.perf_counter()
     report = f.learn(Batch.from_pydict({"y": y}))
     assert report.skipped == {"null_target": 5} and f.fits == 1
+    assert 0 < report.train_seconds <= time.perf_counter() - t0  # the call's own wall time
     assert np.isfinite(f.predict(Batch.from_pydict({"y": [0.1, 0.2]}, first_offset=100)).to_numpy()).all()

@@ -287,9 +287,9 @@ class WindowForecaster(Strategy):
                 # a series that starts without a value has nothing to carry forward: its leading
                 # missing loads are left out (and counted), never learned as NaN, which would
                 # make every later fit of the series NaN
-                start = int(np.argmax(np.isfinite(filled))) if np.isfinite(filled).any() else len(filled)
-                leading += start
-                filled = filled[start:]
+                first = int(np.argmax(np.isfinite(filled))) if np.isfinite(filled).any() else len(filled)
+                leading += first
+                filled = filled[first:]
                 if not len(filled):
                     continue
             if series is None:
