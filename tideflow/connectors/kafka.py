@@ -346,6 +346,9 @@ class KafkaSource(BrokerSource):
             self._bufs.pop(tp.partition, None)
             self._buf_since.pop(tp.partition, None)
         self._assigned = set()
+        if self._joined and self._missing_since is None:
+            # away until the rebalance ends: neither idle nor read by this source meanwhile
+            self._missing_since = time.monotonic()
         consumer.unassign()
 
     def _check_group(self) -> None:
