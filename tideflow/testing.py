@@ -17,6 +17,7 @@ from tideflow.stream.batch import Batch
 from tideflow.stream.events import DriftEvent, TaskBoundary
 from tideflow.strategies.base import StepReport
 from tideflow.strategies.river_adapter import RiverStrategy
+from tideflow.strategies.selection import Selection, Selector
 
 #: per-batch record fields that measure wall-clock time, which no two runs share
 WALL_CLOCK_FIELDS = frozenset({"train_seconds"})
@@ -123,3 +124,25 @@ class Emitter(RiverStrategy):
             for off in sorted(set(self.at) & set(batch.offsets.tolist())):
                 report.events.append(DriftEvent(batch.stream_id, int(off), "ood", "score", "", 0.9))
         return report
+
+
+class KeepAll(Selector):
+    """A selection stage for tests: a pool that keeps every row, handed whole to the strategy
+    every ``every`` batches (nothing learned in between)."""
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = every
+        self._pool: list[Batch] = []
+
+    def select(self, batch: Batch, strategy: Any) -> Selection:
+        self._pool.append(batch)
+        pooled = sum(len(b) for b in self._pool)
+        if len(self._pool) % self.every:
+            return Selection(None, {"pool": float(pooled)})
+        return Selection(Batch.concat(self._pool), {"pool": float(pooled), "selected": float(pooled)})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"pool": list(self._pool)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._pool = list(state["pool"])

@@ -302,3 +302,28 @@ def test_a_task_free_stream_is_evaluated_where_its_tasks_change(ray_session):
     assert len(m.matrix) == 3 and m.bwt is not None and m.forgetting > 0.5
     ray = _run(pipeline(), "ray", label_delay=1)
     assert ray.cl_metrics["s"].to_dict() == m.to_dict()
+
+
+def test_a_selection_stage_chooses_what_the_strategy_trains_on(ray_session):
+    """Scoring stays on the incoming batch; training takes the selector's rows (here: a pool that
+    keeps every row and hands the strategy the whole pool every third batch); the pool is in the
+    learn step's snapshot; time-series forecasters refuse a selector."""
+    from tideflow.testing import KeepAll
+
+    def pipeline() -> tf.Pipeline:
+        return (tf.Pipeline("sel").source(tf.MemorySource(task_batches(boundary_rows=(ROWS,)), SCHEMA))
+                .learn(Recorder(_tree()), name="s", select=KeepAll(every=3)))
+
+    local = _run(pipeline(), "local")
+    learned = [e for e in local.strategies["s"].log if e[0] == "learn"]
+    assert [e[1:] for e in learned] == [(0, (3 * k + 3) * BATCH - 1) for k in range(4)]
+    assert local.summary["s"]["rows_scored"] == ROWS and local.summary["s"]["samples_trained"] == sum(
+        (3 * k + 3) * BATCH for k in range(4))
+    assert local.per_batch["s"][2]["extra"]["select.pool"] == 3 * BATCH
+    ray = _run(pipeline(), "ray")
+    assert comparable(ray.per_batch) == comparable(local.per_batch)
+    from tideflow.strategies.forecasting import Persistence
+
+    schema = tf.Schema({"y": "float64"}, target="y")
+    with pytest.raises(tf.GraphError, match="time series"):
+        tf.Pipeline("bad").source(tf.MemorySource([], schema)).learn(Persistence(), select=KeepAll()).build()

@@ -219,6 +219,9 @@ class Collector:
                       "train_seconds": res.train_seconds, "drift_events": len(res.events)}
             if res.extra:
                 record["extra"] = dict(res.extra)
+                selection = {k: float(v) for k, v in res.extra.items() if k.startswith("select.")}
+                if selection and not replay:  # a selection point's report, as it was (not summed)
+                    self.tracker.log_metrics(name, selection, step=seq)
             if res.emitted:
                 record["events_emitted"] = len(res.emitted)
             if res.skipped:

@@ -16,6 +16,7 @@ Pipeline 'demo'
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -109,6 +110,7 @@ class Pipeline:
         num_gpus: float = 0.0,
         resources: dict[str, float] | None = None,
         boundaries: tuple[str, ...] | list[str] = DEFAULT_BOUNDARIES,
+        select: Any = None,
     ) -> Pipeline:
         """Add strategies; all of them receive the same batches (broadcast).
 
@@ -125,6 +127,9 @@ class Pipeline:
             boundaries: what tells the strategy that a task ended (``on_task_boundary``):
                 ``"task_column"`` (the schema's task column changes value), ``"end_of_task"``
                 (the source marks a batch), ``"drift"`` (every drift event that reaches it).
+            select: a selection stage (`tideflow.strategies.selection.Selector`) that hands each
+                strategy the rows it trains on (scoring stays on the incoming batch); with
+                several strategies, each gets its own copy.
         """
         if not strategies:
             raise ValueError("learn() needs at least one strategy")
@@ -139,7 +144,8 @@ class Pipeline:
             self._steps.append(Step(step_name, "learn", s, num_cpus=num_cpus, num_gpus=num_gpus, route=route,
                                     detector=detector, detector_params=dict(detector_params or {}),
                                     resources=dict(resources) if resources else None,
-                                    boundaries=tuple(boundaries)))
+                                    boundaries=tuple(boundaries),
+                                    select=copy.deepcopy(select) if select is not None and i else select))
         return self
 
     def sink(self, sink: Sink, *, name: str | None = None) -> Pipeline:

@@ -64,6 +64,7 @@ class Step:
     to: tuple[str, ...] | None = None  # detect steps: learn steps that receive the events (None: all)
     resources: dict[str, float] | None = None  # learn steps: custom Ray resources of each actor
     boundaries: tuple[str, ...] = DEFAULT_BOUNDARIES  # learn steps: what counts as a task boundary
+    select: Any = None  # learn steps: a `Selector` choosing the rows the strategy trains on
 
     def describe(self) -> str:
         return self.op.describe() if hasattr(self.op, "describe") else repr(self.op)
@@ -83,6 +84,9 @@ class Step:
                 out["detector"] = {"name": self.detector, "params": self.detector_params}
             if self.boundaries != DEFAULT_BOUNDARIES:  # the default leaves the graph's hash as it was
                 out["boundaries"] = list(self.boundaries)
+            if self.select is not None:
+                out["select"] = {"op": self.select.describe(),
+                                 "params": {k: _plain(v) for k, v in self.select.params().items()}}
         if self.to is not None:
             out["to"] = list(self.to)
         return out
@@ -172,6 +176,10 @@ class Graph:
                     raise GraphError(f"learn step {s.name!r} routes by key {s.route.key!r}, which is not in the schema ({schema.names})")
                 if s.route.actors < 1:
                     raise GraphError(f"learn step {s.name!r}: keyed route needs actors >= 1")
+            if s.select is not None and not strategy.unordered_rows:
+                raise GraphError(f"learn step {s.name!r}: {type(strategy).__name__} learns a time series whose rows "
+                                 f"must arrive in time order; a selection stage (select=) hands a strategy rows "
+                                 f"of its choosing, for learners of unordered rows (classifiers, regressors)")
             unknown = [b for b in s.boundaries if b not in BOUNDARY_CAUSES]
             if unknown:
                 raise GraphError(f"learn step {s.name!r}: unknown task-boundary cause(s) {unknown}; "

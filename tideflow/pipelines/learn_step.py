@@ -153,8 +153,12 @@ class Learner:
                  detector_params: dict[str, Any] | None = None,
                  accept_events_from: set[str] | None = None, label_delay: int = 0,
                  keep_predictions: bool = False, boundaries: tuple[str, ...] = ("task_column", "end_of_task"),
-                 held_out: dict[Any, Batch] | None = None, unlabeled: Batch | None = None) -> None:
+                 held_out: dict[Any, Batch] | None = None, unlabeled: Batch | None = None,
+                 select: Any = None) -> None:
         self.name = name
+        # the selection stage's template; each key's instance gets its own copy (`_selector`)
+        self.select = select
+        self.selectors: dict[Any, Any] = {}
         self.template = strategy
         self.schema = schema
         self.key = key
@@ -243,6 +247,8 @@ class Learner:
             if self.accepts(e):
                 for inst in self.instances.values():
                     inst.on_drift(e)
+                for sel in self.selectors.values():
+                    sel.on_drift(e)
                 if "drift" in self.boundaries:
                     self._queue_boundary(seq, TaskBoundary(e.stream_id, e.offset, self._task, self._task,
                                                            "drift", self.name))
@@ -360,7 +366,24 @@ class Learner:
         else:
             self._learn(item[1], item[2], result)
 
+    def _selector(self, k: Any) -> Any:
+        sel = self.selectors.get(k)
+        if sel is None:
+            sel = self.selectors[k] = copy.deepcopy(self.select)
+        return sel
+
     def _learn(self, k: Any, part: Batch, result: LearnResult) -> None:
+        if self.select is not None:
+            try:
+                chosen = self._selector(k).select(part, self._instance(k))
+            except Exception as exc:  # noqa: BLE001 - counted and reported, the job goes on
+                result.errors.append(f"select on offsets {part.first_offset}..{part.last_offset}: "
+                                     f"{type(exc).__name__}: {exc}")
+                return
+            add_extra(result.extra, {f"select.{n}": v for n, v in chosen.report.items()})
+            if chosen.rows is None or not len(chosen.rows):
+                return
+            part = chosen.rows
         try:
             report = self._instance(k).learn(part)
         except Exception as exc:  # noqa: BLE001 - counted and reported, the job goes on
@@ -378,6 +401,8 @@ class Learner:
 
     def _boundary(self, boundary: TaskBoundary, result: LearnResult) -> None:
         result.boundaries.append(boundary)
+        for sel in self.selectors.values():
+            sel.on_task_boundary(boundary)
         for inst in self.instances.values():
             try:
                 inst.on_task_boundary(boundary)
@@ -475,6 +500,7 @@ class Learner:
                 pending.append([item[0], item[1], item[2]])
         return {
             "instances": [[k, inst.snapshot()] for k, inst in self.instances.items()],
+            "selectors": [[k, sel.snapshot()] for k, sel in self.selectors.items()],
             "detectors": [[k, d.snapshot()] for k, d in self.detectors.items()],
             "pending": pending,
             "task": self._task,
@@ -488,6 +514,8 @@ class Learner:
     def restore(self, state: dict[str, Any]) -> None:
         for k, s in state["instances"]:
             self._instance(k).restore(s)
+        for k, s in state.get("selectors", []):
+            self._selector(k).restore(s)
         for k, s in state["detectors"]:
             det = self._detector(k)
             assert det is not None
@@ -529,6 +557,7 @@ def make_learner(graph: Any, name: str, schema: Schema, *, label_delay: int, sha
         boundaries=step.boundaries,
         held_out=held_out,
         unlabeled=unlabeled,
+        select=step.select,
     )
 
 

@@ -102,6 +102,9 @@ class Strategy(Stateful):
     #: "regression" or "classification": picks the prequential metrics (not the task of a
     #: task-incremental stream, which is the schema's ``task`` role)
     problem: ClassVar[str] = "regression"
+    #: whether the strategy learns from rows in any order (a selection stage may then hand it
+    #: rows of its choosing); False for time-series forecasters, whose rows must come in order
+    unordered_rows: ClassVar[bool] = True
 
     target: str | None
     features: list[str] | None

@@ -156,6 +156,7 @@ class NowcastForecaster(Strategy):
     """Base of the multi-horizon nowcasters (see the module docstring)."""
 
     checkable: ClassVar[bool] = False
+    unordered_rows: ClassVar[bool] = False  # a series' rows must arrive in time order
     #: rows before a window that a model needs to build its inputs (the LSTM's sequence)
     context: ClassVar[int] = 0
     fits_models: ClassVar[bool] = True

@@ -189,6 +189,7 @@ class WindowForecaster(Strategy):
 
     checkable = False
     problem: ClassVar[str] = "regression"
+    unordered_rows: ClassVar[bool] = False  # a series' samples must arrive in time order
 
     def __init__(
         self,
