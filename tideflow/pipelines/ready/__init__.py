@@ -13,6 +13,7 @@ from typing import Any, Callable
 from tideflow.connectors.base import Source
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.ready.drift import build as build_drift
+from tideflow.pipelines.ready.images import build as build_images
 from tideflow.pipelines.ready.linkload import build as build_linkload
 from tideflow.pipelines.ready.nowcast import build as build_nowcast
 
@@ -20,6 +21,7 @@ PIPELINES: dict[str, Callable[..., Pipeline]] = {
     "linkload": build_linkload,
     "drift": build_drift,
     "nowcast": build_nowcast,
+    "images": build_images,
 }
 
 DEFAULT = "linkload"
