@@ -28,6 +28,7 @@ from tideflow.stream.validate import Validate
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
 from tideflow.strategies.dkvb import KeyValueBottleneck
+from tideflow.strategies.dst import SparseTraining
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
 from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
@@ -45,7 +46,7 @@ __all__ = [
     "TableSource",
     "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
     "NowcastPersistence", "NowcastSeasonal", "KeyValueBottleneck",
-    "PrototypeDistillation",
+    "PrototypeDistillation", "SparseTraining",
 ]
 
 
