@@ -21,14 +21,17 @@ from tideflow.pipelines.run import run_graph
 from tideflow.stream.batch import Batch, tensor_array
 from tideflow.stream.drift import DetectDrift, PerformanceTrigger
 from tideflow.stream.events import DriftEvent, TaskBoundary
+from tideflow.stream.hdc import HDCDetector
 from tideflow.stream.operator import Operator
 from tideflow.stream.reduce import VarianceHorizon
 from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
+from tideflow.strategies.adapt_inf import AdaptInfinity
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
 from tideflow.strategies.dkvb import KeyValueBottleneck
 from tideflow.strategies.dst import SparseTraining
+from tideflow.strategies.ear import EAR
 from tideflow.strategies.forecasting import FrozenGRU, FrozenMLP, IncrementalRefit, Persistence
 from tideflow.strategies.liquid import LiquidForecaster
 from tideflow.strategies.nowcast import NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence, NowcastSeasonal
@@ -38,7 +41,7 @@ from tideflow.strategies.river_adapter import RiverStrategy
 __version__ = "0.1.0"
 
 __all__ = [
-    "AvalancheStrategy", "Batch", "FrozenGRU", "FrozenMLP", "IncrementalRefit", "LiquidForecaster",
+    "AdaptInfinity", "AvalancheStrategy", "Batch", "FrozenGRU", "FrozenMLP", "IncrementalRefit", "LiquidForecaster",
     "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed", "ImageStream",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
@@ -47,6 +50,7 @@ __all__ = [
     "tensor_array", "PerformanceTrigger", "VarianceHorizon", "NowcastGBM", "NowcastLSTM", "NowcastMLP",
     "NowcastPersistence", "NowcastSeasonal", "KeyValueBottleneck",
     "PrototypeDistillation", "SparseTraining",
+    "HDCDetector", "EAR",
 ]
 
 

@@ -16,8 +16,9 @@ split                   what the learner sees
                         (the learner hears of a change through it; no marks needed)
 ``domain-incremental``  every task has every class: the training rows are cut into ``tasks``
                         stratified parts, part t shown in view t (rotated by ``180 t / tasks``
-                        degrees, or a fixed seeded pixel permutation); held out: the whole test
-                        set in each task's view; ends marked, no task id
+                        degrees, or a fixed seeded pixel permutation, or the named transforms of
+                        a view list such as ``"clean;rot90;invert;flip+noise"``, one per task);
+                        held out: the whole test set in each task's view; ends marked, no task id
 ``blurry``              class-incremental, but within a window either side of each boundary
                         (``blur`` times the smaller neighbouring task's rows) the two tasks'
                         rows are shuffled together; the mark stays at the nominal boundary
@@ -43,6 +44,11 @@ import numpy as np
 
 SPLITS = ("class-incremental", "task-incremental", "domain-incremental", "blurry", "task-free")
 DOMAINS = ("rotation", "permutation")
+#: the transforms a named view (``domain="clean;rot90;invert;flip+noise"``) joins with ``+``: rotation
+#: by a number of degrees, the value range turned upside down, a left-right or top-bottom mirror, and
+#: additive Gaussian noise of a fraction of the value range (default `DEFAULT_NOISE`), clipped to it
+VIEW_TRANSFORMS = ("clean", "rot<degrees>", "invert", "flip", "vflip", "noise[<fraction>]")
+DEFAULT_NOISE = 0.2
 #: blur when none is given: blurry streams mix, task-free ones only hide the boundaries
 DEFAULT_BLUR = {"blurry": 0.1, "task-free": 0.0}
 
@@ -87,6 +93,56 @@ def _class_order(classes: list[int], class_order: Any, rng: np.random.Generator)
         raise ValueError(f"class_order must list every class once: classes {classes}, got {order}"
                          + (f" (missing {missing})" if missing else "") + (f" (not classes: {extra})" if extra else ""))
     return order
+
+
+def parse_views(domain: Any) -> list[list[tuple[str, float]]] | None:
+    """A named view list (``"clean;rot90;invert;flip+noise"`` or a list of such names) as, per view,
+    its transforms in order with their number (degrees, noise fraction; 0 where none); None when
+    ``domain`` is one of `DOMAINS`. An unknown transform is a ValueError naming it.
+
+    >>> parse_views("clean;rot90;flip+noise0.1")
+    [[], [('rot', 90.0)], [('flip', 0.0), ('noise', 0.1)]]
+    """
+    if isinstance(domain, str) and domain in DOMAINS:
+        return None
+    names = domain.split(";") if isinstance(domain, str) else list(domain)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if not names:
+        raise ValueError(f"unknown domain {domain!r}; known: {list(DOMAINS)} or a list of named views "
+                         f"(transforms {list(VIEW_TRANSFORMS)} joined with '+', views with ';')")
+    views = []
+    for name in names:
+        steps: list[tuple[str, float]] = []
+        for part in name.split("+"):
+            part = part.strip()
+            if part in ("clean", "none"):
+                continue
+            if part in ("invert", "flip", "vflip"):
+                steps.append((part, 0.0))
+                continue
+            for prefix, default in (("rot", None), ("noise", DEFAULT_NOISE)):
+                if part.startswith(prefix):
+                    tail = part[len(prefix):]
+                    try:
+                        value = float(tail) if tail else default
+                    except ValueError:
+                        value = None
+                    if value is None or not np.isfinite(value) or (prefix == "noise" and value <= 0):
+                        raise ValueError(f"view {name!r}: {part!r} needs a number ({prefix}90, noise0.2)")
+                    steps.append((prefix, float(value)))
+                    break
+            else:
+                raise ValueError(f"unknown domain {domain!r}: view {name!r} has an unknown transform {part!r}; "
+                                 f"known domains: {list(DOMAINS)}, or named views (transforms "
+                                 f"{list(VIEW_TRANSFORMS)} joined with '+', views with ';')")
+        views.append(steps)
+    return views
+
+
+def view_names(domain: Any) -> list[str]:
+    """The names of a named view list, one per view (``"clean;rot90"`` -> ``["clean", "rot90"]``)."""
+    names = domain.split(";") if isinstance(domain, str) else list(domain)
+    return [str(n).strip() for n in names if str(n).strip()]
 
 
 def plan_split(split: str, y: np.ndarray, train: np.ndarray, test: np.ndarray, *, tasks: int, seed: int,
@@ -150,8 +206,9 @@ def _blur(order: np.ndarray, task: np.ndarray, parts: list[np.ndarray], ends: li
 
 def _domain(y: np.ndarray, train: np.ndarray, test: np.ndarray, tasks: int, classes: list[int],
             rng: np.random.Generator, domain: str, pixels: int, seed: int) -> SplitPlan:
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {list(DOMAINS)}")
+    named = parse_views(domain)
+    if named is not None and len(named) != tasks:
+        raise ValueError(f"domain {domain!r} names {len(named)} views for {tasks} tasks: give one view per task")
     if tasks > len(train):
         raise ValueError(f"{tasks} tasks need at least {tasks} training rows, got {len(train)}")
     if not len(test):
@@ -166,7 +223,9 @@ def _domain(y: np.ndarray, train: np.ndarray, test: np.ndarray, tasks: int, clas
             raise ValueError(f"task {t} has no training rows: it would be empty")
     views: dict[int, Any] = {}
     for t in range(tasks):
-        if domain == "rotation":
+        if named is not None:  # the view's name: what the source's transforms read
+            views[t] = view_names(domain)[t]
+        elif domain == "rotation":
             views[t] = 180.0 * t / tasks
         else:  # view 0 is the images as they are, like rotation's 0 degrees
             views[t] = None if t == 0 else np.random.default_rng([seed, 1000 + t]).permutation(pixels)

@@ -48,7 +48,7 @@ import pyarrow as pa
 
 from tideflow.connectors.base import RowIndexedSource, as_bool
 from tideflow.connectors.image_data import ImageData, cap_per_class, from_arrays, load, permute, rotate
-from tideflow.connectors.image_splits import SPLITS, SplitPlan, plan_split
+from tideflow.connectors.image_splits import SPLITS, SplitPlan, parse_views, plan_split, view_names
 from tideflow.stream.batch import OFFSET, Batch, tensor_array
 from tideflow.stream.encoder import DEFAULT_INPUT_SIZE, FrozenEncoder
 from tideflow.stream.schema import Schema, Tensor
@@ -72,7 +72,8 @@ class ImageStream(RowIndexedSource):
             images to this side (bilinear) before they travel.
         class_order: the classes in task order (default: a seeded permutation); ``"3;1;..."`` in a spec.
         blur: the blurry / task-free mixing window, a fraction of a task's rows (0 .. 0.5).
-        domain: domain-incremental views: ``"rotation"`` or ``"permutation"``.
+        domain: domain-incremental views: ``"rotation"``, ``"permutation"``, or one named view per task
+            (``"clean;rot90;invert;flip+noise"``: `transform_view`).
         test_fraction: digits only: each class's share held out for testing.
         train_per_class / test_per_class: keep at most that many rows per class (seeded).
         standardize: standardise each value with the training rows' mean and deviation.
@@ -108,7 +109,8 @@ class ImageStream(RowIndexedSource):
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.image_size = None if image_size is None else int(image_size)
-        self.domain = domain
+        named = parse_views(domain) if split == "domain-incremental" else None
+        self.domain = ";".join(view_names(domain)) if named is not None else domain
         self.blur = blur
         self.standardize = as_bool(standardize)
         self.unlabeled_rows = unlabeled_rows
@@ -118,7 +120,7 @@ class ImageStream(RowIndexedSource):
         if dataset == "digits":
             self.options["test_fraction"] = test_fraction
         if split == "domain-incremental":
-            self.options["domain"] = domain
+            self.options["domain"] = self.domain
         if isinstance(encoder, FrozenEncoder):
             if self.image_size is not None and self.image_size != encoder.input_size:
                 raise ValueError(f"image_size={self.image_size} differs from the given encoder's input_size "
@@ -129,7 +131,8 @@ class ImageStream(RowIndexedSource):
                                          cache_dir=cache_dir, device=device)
         else:
             self.encoder = None
-        if (self.encoder is not None or self.image_size is not None or
+        geometric = named is not None and any(t in ("rot", "flip", "vflip") for view in named for t, _ in view)
+        if (self.encoder is not None or self.image_size is not None or geometric or
                 (split == "domain-incremental" and domain == "rotation")) and data.layout is None:
             raise ValueError(f"rows of shape {data.shape} are not (H, W), (C, H, W) or (H, W, C) images: they cannot be "
                              f"resized, rotated or encoded (pass layout= to from_arrays)")
@@ -211,7 +214,7 @@ class ImageStream(RowIndexedSource):
             "encoder_input_size": self.encoder.input_size if self.encoder is not None else None,
             "value_range": list(self.data.value_range),
             "standardized": self.standardize,
-            "views": {str(t): (v if v is None or isinstance(v, float) else "permutation")
+            "views": {str(t): (v if v is None or isinstance(v, (float, str)) else "permutation")
                       for t, v in plan.views.items()},
         }
 
@@ -222,6 +225,9 @@ class ImageStream(RowIndexedSource):
         if self.split != "domain-incremental":
             return images
         spec = self.plan.views[view]
+        if isinstance(spec, str):
+            return transform_view(images, spec, self.data.layout, self.data.value_range, seed=self.seed, rows=rows,
+                                  view=view)
         if self.domain == "rotation":
             return rotate(images, spec, self.data.layout, self.data.value_range[0])
         return permute(images, spec)
@@ -328,3 +334,36 @@ class ImageStream(RowIndexedSource):
     def describe(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if v is not None)
         return f"ImageStream({args})"
+
+
+def transform_view(images: np.ndarray, name: str, layout: str | None, value_range: tuple[float, float], *,
+                   seed: int, rows: np.ndarray, view: int) -> np.ndarray:
+    """``images`` (data-set ``rows``) in the named view ``name`` (``"flip+noise"``: its transforms in
+    order, `tideflow.connectors.image_splits.parse_views`), float32, same shape.
+
+    ``rot<d>`` turns by d degrees (background: the range's low end), ``invert`` maps v to
+    ``low + high - v``, ``flip`` / ``vflip`` mirror left-right / top-bottom, ``noise<f>`` adds
+    Gaussian noise of standard deviation f times the range and clips to it. The noise of an image
+    is drawn from a generator seeded by (seed, view, data-set row): an image gets the same noise
+    whichever other rows are asked for with it, so its cached encoder features stay valid.
+    """
+    (steps,) = parse_views([name])
+    lo, hi = (float(v) for v in value_range)
+    out = images.astype(np.float32)
+    width_axis = {"hw": 2, "chw": 3, "hwc": 2}.get(layout or "", None)
+    for kind, value in steps:
+        if kind in ("rot", "flip", "vflip") and layout is None:
+            raise ValueError(f"view {name!r}: images of shape {images.shape[1:]} have no known (H, W) axes")
+        if kind == "rot":
+            out = rotate(out, value, layout, lo)
+        elif kind == "invert":
+            out = (lo + hi) - out
+        elif kind in ("flip", "vflip"):
+            assert width_axis is not None
+            out = np.ascontiguousarray(np.flip(out, axis=width_axis if kind == "flip" else width_axis - 1))
+        elif kind == "noise":
+            sd = value * (hi - lo)
+            noise = np.stack([np.random.default_rng([seed, view, int(r)]).standard_normal(out.shape[1:])
+                              for r in np.asarray(rows).tolist()]) if len(out) else np.zeros_like(out)
+            out = np.clip(out + sd * noise.astype(np.float32), lo, hi)
+    return out.astype(np.float32, copy=False)
