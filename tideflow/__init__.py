@@ -26,7 +26,6 @@ from tideflow.stream.operator import Operator
 from tideflow.stream.reduce import VarianceHorizon
 from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
-from tideflow.strategies.adapt_inf import AdaptInfinity
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
 from tideflow.strategies.dkvb import KeyValueBottleneck
@@ -41,7 +40,7 @@ from tideflow.strategies.river_adapter import RiverStrategy
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdaptInfinity", "AvalancheStrategy", "Batch", "FrozenGRU", "FrozenMLP", "IncrementalRefit", "LiquidForecaster",
+    "AvalancheStrategy", "Batch", "FrozenGRU", "FrozenMLP", "IncrementalRefit", "LiquidForecaster",
     "Persistence", "DetectDrift", "DriftEvent", "Field", "Graph", "GraphError", "Keyed", "ImageStream",
     "MemorySink", "MemorySource", "Operator", "Pipeline", "RiverStrategy", "RunResult", "Schema", "Sink", "Source",
     "StepReport", "Strategy", "SyntheticSource", "Tensor", "Validate", "run_graph", "source_from_spec",
