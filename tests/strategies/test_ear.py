@@ -148,7 +148,7 @@ def test_new_classes_on_an_existing_adaptor_get_a_reconfigurator_head():
     digits = load_digits()
     src = split_classes(digits.images, digits.target, tasks=2, scenario="task", seed=0, batch_size=50)
     ear = tf.EAR(10, max_experts=1, seed=0)
-    result = _run(tf.Pipeline("reconf").source(src).learn(ear, name="ear"))
+    result = _run(tf.Pipeline("reconf").source(src).learn(ear, name="ear").learn(tf.EAR(10, seed=0), name="grow"))
     trained = result.strategies["ear"]
     assert trained.reconfigured == 1
     assert [h["classes"] for h in trained.meta[0]["heads"]] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
@@ -157,6 +157,12 @@ def test_new_classes_on_an_existing_adaptor_get_a_reconfigurator_head():
     # task ids the new head competes (measured: 99.6 % -> 97.4 %, where Avalanche's Naive keeps 23 %)
     assert m.matrix_til[1][0] == m.matrix_til[0][0]
     assert m.matrix[1][0] >= m.matrix[0][0] - 0.05 and m.average_accuracy >= 0.85, m.matrix
+    # growth allowed, task 1 gets an expert of its own; under task-IL masking, the rows that go to
+    # the other expert are decided by the expert that knows the task's classes (measured: 90.7 %
+    # class-IL, 95.7 % task-IL; with the routed expert's scores alone both were 90.7 %)
+    grown = result.cl_metrics["grow"]
+    assert len(result.strategies["grow"].meta) == 2
+    assert grown.average_accuracy_til >= grown.average_accuracy + 0.03, (grown.matrix, grown.matrix_til)
     # rows of a frozen head's classes arriving later are counted, not learned
     late = src.batches_[0]
     before = trained.snapshot()["experts"][0]["net"]

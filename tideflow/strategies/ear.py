@@ -30,7 +30,8 @@ HDC space and memories, `tideflow.strategies.ear_core` the networks, search spac
   gets a new head on its adaptor; the adaptor and older heads are frozen from then on (rows of
   their classes are counted in ``StepReport.skipped["class_of_frozen_head"]``). A row's heads are
   weighed by its HDC similarity to their classes' prototypes (softmax at `HEAD_TEMPERATURE`), so
-  scores are probabilities over the expert's classes and task-IL masking finds each head's.
+  scores are probabilities over the expert's classes and task-IL masking finds each head's; a
+  small share (`SOFT_SHARE`) of the other experts' scores is added for task-IL masking.
 
 Invariants: rows the learner cannot use (null label, a label outside ``0 .. n_classes - 1``, a NaN
 or infinite input) are counted in ``StepReport.skipped``, never dropped in silence. Initial weights
@@ -41,10 +42,9 @@ are frozen, optimisers, memories, the rows each expert trains on, the first task
 encoder learns, the generator, the growth record). ``parameter_counts()`` gives the encoder's and
 each expert's trained parameters; HDC prototypes (sums of signs, not trained) are counted apart.
 
-Compute (``StepReport.extra``): ``train_rows`` counts rows times passes; ``flops`` counts dense
-products, 6 per trained weight and row-pass, 2 per frozen weight and row (encoder forward, HDC
-projection, prototype cosines) and the proxy candidates' forward passes; ``ood_share`` is the
-batch's share of rows out of distribution for every expert.
+Compute (``StepReport.extra``): ``train_rows`` (rows times passes); ``flops``: 6 per trained weight
+and row-pass, 2 per frozen weight and row (encoder, HDC projection, cosines, proxy candidates);
+``ood_share``: the batch's share of rows out of distribution for every expert.
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ from tideflow.strategies.ear_core import (
 
 __all__ = ["EAR", "HDC_LAYERS", "HEAD_TEMPERATURE", "ROUTINGS"]
 
+#: scores: the routed expert's probabilities plus this share of all experts' (weighed by a softmax of
+#: memory scores at `ROUTE_TEMPERATURE`): a class the routed expert never learned stays below its best
+#: (>= 1 / classes), while under task-IL masking to such classes the experts that learned them decide
+SOFT_SHARE, ROUTE_TEMPERATURE = 1e-3, 0.01
 #: rows per forward pass when predicting (bounds memory on long held-out sets)
 PREDICT_CHUNK = 4096
 
@@ -316,17 +320,18 @@ class EAR(Strategy):
         return np.concatenate([x.reshape(len(x), -1).astype(np.float32, copy=False), f], axis=1)
 
     def _hypervectors(self, x: np.ndarray, f: np.ndarray) -> np.ndarray:
-        assert self._space is not None
-        return self._space.encode(self._hdc_rows(x, f))
+        return self._space.encode(self._hdc_rows(x, f))  # type: ignore[union-attr]
 
     def _memory_scores(self, h: np.ndarray) -> np.ndarray:
         """``(n, experts)``: each row's HDC score against each expert's memory."""
         return np.stack([m.scores(h) for m in self._memories], axis=1) if self._memories else np.zeros((len(h), 0))
 
+    def _route_scores(self, scores: np.ndarray) -> np.ndarray:
+        margin = self.routing == "margin"
+        return scores - np.array([m.threshold if margin and m.calibrated else 0.0 for m in self._memories])
+
     def _route(self, scores: np.ndarray) -> np.ndarray:
-        if self.routing == "margin":
-            scores = scores - np.array([m.threshold if m.calibrated else 0.0 for m in self._memories])
-        return scores.argmax(axis=1)
+        return self._route_scores(scores).argmax(axis=1)
 
     def _probs(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, n_classes)`` of inputs ``x``: the routed expert's (module docstring),
@@ -338,20 +343,19 @@ class EAR(Strategy):
             return expert_probs(expert, [{"classes": self.encoder_classes}], None, f, None, self.n_classes,
                                 self._device())
         h = self._hypervectors(x, f)
-        route = self._route(self._memory_scores(h))
-        probs = np.zeros((len(x), self.n_classes))
-        for k in np.unique(route).tolist():
-            rows = route == k
-            probs[rows] = expert_probs(self._experts[k], self.meta[k]["heads"], self._memories[k], f[rows], h[rows],
-                                       self.n_classes, self._device())
-        return probs
+        scores = self._route_scores(self._memory_scores(h))
+        each = np.stack([expert_probs(e, m["heads"], mem, f, h, self.n_classes, self._device())
+                         for e, m, mem in zip(self._experts, self.meta, self._memories)])
+        routed = each[scores.argmax(axis=1), np.arange(len(x))]
+        weights = np.exp((scores - scores.max(axis=1, keepdims=True)) / ROUTE_TEMPERATURE)
+        soft = np.einsum("kn,knc->nc", (weights / weights.sum(axis=1, keepdims=True)).T, each)
+        return routed + SOFT_SHARE * soft
 
     @property
     def classes(self) -> list[int]:
         """Every class some head (or the learning encoder) has learned, sorted."""
-        if not self.frozen:
-            return list(self.encoder_classes)
-        return sorted({c for m in self.meta for head in m["heads"] for c in head["classes"]})
+        heads = [h for m in self.meta for h in m["heads"]] if self.frozen else [{"classes": self.encoder_classes}]
+        return sorted({int(c) for head in heads for c in head["classes"]})
 
     # -- the contract ----------------------------------------------------------------------
     def learn(self, batch: Batch) -> StepReport:
@@ -481,10 +485,8 @@ class EAR(Strategy):
         scores = self.predict_scores(batch)
         if not scores.classes:
             return pa.array([None] * len(batch), type=pa.int64())
-        s = scores.scores
-        bad = ~np.isfinite(s).all(axis=1)
-        best = np.asarray(scores.classes, dtype=np.int64)[np.argmax(np.nan_to_num(s, nan=-np.inf), axis=1)]
-        return pa.array(best, type=pa.int64(), mask=bad)
+        best = np.asarray(scores.classes, dtype=np.int64)[np.argmax(np.nan_to_num(scores.scores, nan=-1.0), axis=1)]
+        return pa.array(best, type=pa.int64(), mask=~np.isfinite(scores.scores).all(axis=1))
 
     def predict_scores(self, batch: Batch) -> ClassScores:
         """Probabilities over the classes learned so far (a row's routed expert's heads)."""
@@ -501,8 +503,7 @@ class EAR(Strategy):
         return ClassScores(out, classes)
 
     def route(self, batch: Batch) -> np.ndarray:
-        """The expert each row goes to (-1 while the encoder learns, for rows with a NaN or
-        infinite input, and before anything was learned); no side effects."""
+        """Each row's expert (-1 before the freeze and for rows with a NaN or infinite input); pure."""
         scores = self.ood_scores(batch)
         out = np.full(len(batch), -1, dtype=np.int64)
         ok = np.isfinite(scores).all(axis=1) if scores.shape[1] else np.zeros(len(batch), dtype=bool)
