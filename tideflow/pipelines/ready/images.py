@@ -356,7 +356,11 @@ def build(source: Source | None = None, *, dataset: str | None = None, split: st
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One (scenario, input, seed, method) of the comparison, in this process: its metrics, compute
     and memory. ``iid`` jobs report the class-IL and the task-IL entries of the upper bound."""
+    import resource
+
     os.environ["OMP_NUM_THREADS"] = "1"
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    job_cpu0 = usage.ru_utime + usage.ru_stime
     from tideflow.strategies import torch_core
 
     torch_core.set_threads(1)
@@ -375,10 +379,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     measured = reset_peak() and job["runner"] == "local"
     before = memory_kib("VmRSS")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="tideflow-images-") as tmp:  # summary.json: not kept
         result = pipeline.run(runner=job["runner"], tracking=False, progress=False, output_dir=tmp)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = memory_kib("VmHWM") if measured else None
     s, m = result.summary[method], result.cl_metrics[method]
     row = {
@@ -387,7 +391,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": float(s["train_seconds"]), "samples_trained": int(s["samples_trained"]),
         "train_rows": float(s["extra"].get("train_rows", 0.0)), "flops": s["extra"].get("flops"),
         "errors": int(s["errors"]), "skipped_rows": dict(s.get("skipped_rows", {})),
-        "run_seconds": seconds, "peak_rss_mib": None if peak is None else peak / 1024,
+        # CPU seconds of this process only: the Ray runner's actors are not in it
+        "run_seconds": seconds, "run_cpu_seconds": cpu, "peak_rss_mib": None if peak is None else peak / 1024,
         "run_rss_mib": None if peak is None or before is None else (peak - before) / 1024,
         "describe": pipeline.build().learners[0].op.describe(),
     }
@@ -395,6 +400,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         til = til_accuracy(result.strategies[method], held, src.schema().target)
         row["average_accuracy_til"] = float(np.mean(list(til.values())))
         row["til_by_task"] = {str(k): v for k, v in til.items()}
+    # the whole job's CPU in this process: imports, the stream's data, the run (a fresh process
+    # per job with jobs > 1, so this is what the job cost the machine, less interpreter start-up)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    row["job_cpu_seconds"] = usage.ru_utime + usage.ru_stime - job_cpu0
     return row
 
 
@@ -498,7 +507,9 @@ def compare(*, dataset: str | None = None, tasks: Any = None, seeds: Any = None,
                              ALL_METHODS.index(r["method"]), r["seed"]))
     protocol = json.loads(json.dumps(protocol, default=str))  # tuples as lists, as the file holds them
     doc = {"protocol": protocol, "command": _command(protocol, jobs, runner), "runner": runner, "jobs": jobs,
-           "seconds": time.perf_counter() - started, "encoder_seconds": warm, "runs": rows,
+           "seconds": time.perf_counter() - started, "encoder_seconds": warm,
+           "run_cpu_seconds": sum(r["run_cpu_seconds"] for r in rows),
+           "job_cpu_seconds": sum(r["job_cpu_seconds"] for r in rows), "runs": rows,
            "table": aggregate(rows, protocol)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,14 @@ def _cell(mean: float | None, std: float | None, scale: float = 100.0) -> str:
     return f"{value:.1f} ± {scale * (std or 0.0):.1f}"
 
 
+def _cpu_note(doc: dict[str, Any]) -> str:
+    """The CPU the runs used (their processes; the encoder's warm-up apart), when recorded."""
+    if doc.get("job_cpu_seconds") is None:
+        return ""
+    return (f"; {doc['job_cpu_seconds'] / 60:.0f} CPU-min in the runs' processes, encoder features "
+            f"{doc.get('encoder_seconds', 0.0) / 60:.1f} min")
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
     """The README's table: one row per input, scenario and method, means ± std over the seeds."""
     p = doc["protocol"]
@@ -146,7 +154,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
         f"Split {p['dataset']} ({p['tasks']} tasks, classes in a seeded order), {cap}; batches of "
         f"{p['batch_size']} rows, {p['epochs']} pass(es) over each batch in minibatches of {p['minibatch']} for every "
         f"method; seeds {', '.join(map(str, p['seeds']))}; `{doc['command']}` "
-        f"({doc['seconds'] / 60:.0f} min on this machine, runner {doc['runner']}, {doc['jobs']} job(s)). "
+        f"({doc['seconds'] / 60:.0f} min on this machine, runner {doc['runner']}, {doc['jobs']} job(s)"
+        f"{_cpu_note(doc)}). "
         f"class-IL: no task id, unmasked prediction; task-IL: the task id in every row, prediction masked to "
         f"the task's classes. Accuracy, forgetting, BWT, FWT in % (mean ± std over seeds) from the held-out "
         f"rows of each task; iid: the Naive MLP on the same rows shuffled (one run per seed, masked per task "
