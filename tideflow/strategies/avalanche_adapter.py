@@ -1,9 +1,31 @@
 """Any Avalanche `SupervisedTemplate` strategy as a tideflow strategy.
 
-Each batch becomes one small Avalanche experience: a classification dataset of
-the batch's rows, trained on with the strategy's own loop and plugins
-(Naive, Replay, EWC, LwF, ... by name, or any factory returning a
-`SupervisedTemplate`). Prediction is the model's argmax in eval mode.
+Each batch is trained on as it arrives, as a small Avalanche experience: a
+classification dataset of the batch's rows, trained on with the strategy's own
+loop and plugins (Naive, Replay, EWC, LwF, ... by name, or any factory returning
+a `SupervisedTemplate`). Prediction is the model's argmax in eval mode.
+
+What an experience is (``experiences=``):
+
+* ``"batch"``: every batch is an experience of its own: the plugins consolidate
+  after every batch (EWC's importances, LwF's teacher, Replay's groups), as they do
+  in Avalanche's own online runs. For task-free streams.
+* ``"task"``: every batch of a task is a sub-experience of one experience, the task;
+  the plugins consolidate once per task, when the engine signals the task's end
+  (``on_task_boundary``) or when a task id never seen before appears in the schema's
+  task column after rows of another task (`tideflow.strategies.avalanche_tasks` says
+  how, and where this departs from Avalanche's online sub-experiences). The Avalanche
+  task label of a sub-experience is the index, in order of first appearance, of the
+  task being learned (the task id itself on streams whose tasks are 0, 1, 2, ... in
+  order), 0 on a stream without task column.
+* ``"auto"`` (default): ``"task"`` when the schema the strategy is bound to has a task
+  column, else ``"batch"``. Streams without task column therefore learn exactly as
+  before this option existed; on a task stream Naive learns the same in both modes
+  (it has nothing to consolidate; tested), so no earlier result moves.
+
+``describe()`` names the mode (``experiences=task``) whenever it is ``"task"`` or was
+asked for by name; a description without it is the per-batch mode, as before the
+option existed, so that those graphs and their checkpoints keep their fingerprint.
 
 Departures, and why:
 
@@ -15,8 +37,10 @@ Departures, and why:
   training clock, and the memories of the plugins behind Replay, EWC and LwF:
   the replay buffer's groups (rows as tensors, with their reservoir weights),
   EWC's saved parameters and importances per experience, LwF's previous model
-  and the classes it has seen per task. A restored strategy then learns on
-  exactly as the original would (tested for all four). A plugin of another kind
+  and the classes it has seen per task; in ``"task"`` mode also what the current
+  task owes its consolidation and the task labels given so far. A restored strategy
+  then learns on exactly as the original would, mid-task included (tested for all
+  four). A plugin of another kind
   keeps its memory out of the snapshot: its class name is listed under
   ``"not_in_snapshot"``, so that a checkpoint says what it does not hold (Replay
   with a storage policy other than its default experience-balanced one too).
@@ -27,10 +51,11 @@ Departures, and why:
   prediction the same class). A batch with no row left trains nothing. Predicting a
   row with a missing feature gives NaN logits, hence class 0 (torch's argmax takes the
   first NaN): such a row's prediction means nothing, and this adapter does not impute.
-* Every batch is an experience, so EWC in its default ``mode="separate"`` keeps
-  one copy of the parameters and one of the importances per batch learned: its
-  memory (and its snapshots) grow with the stream. For a long-lived job use
-  ``strategy_kwargs={"mode": "online", "decay_factor": ...}``, which keeps one.
+* In ``"batch"`` mode EWC in its default ``mode="separate"`` keeps one copy of the
+  parameters and one of the importances per batch learned: its memory (and its
+  snapshots) grow with the stream. For a long-lived job use
+  ``strategy_kwargs={"mode": "online", "decay_factor": ...}``, which keeps one
+  (``"task"`` mode keeps one per task).
 """
 
 from __future__ import annotations
@@ -44,7 +69,14 @@ import numpy as np
 import pyarrow as pa
 
 from tideflow.stream.batch import Batch
+from tideflow.stream.events import TaskBoundary
+from tideflow.stream.schema import Schema
+from tideflow.strategies.avalanche_tasks import TaskExperiences, dataset as _dataset, holds_no_memory, plugin_kind
+from tideflow.strategies.avalanche_tasks import tensors as _tensors
 from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy
+
+#: what ``experiences=`` takes (module docstring)
+EXPERIENCES = ("auto", "batch", "task")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -89,6 +121,10 @@ class AvalancheStrategy(Strategy):
         strategy_kwargs: extra arguments of the Avalanche strategy (e.g. ``mem_size``).
         seed: seeds the model's initial weights and the minibatch shuffling.
         device: ``"auto"`` (CUDA when this process has a GPU), ``"cpu"`` or ``"cuda"``.
+        experiences: ``"batch"`` (every batch an experience), ``"task"`` (every task an
+            experience, its batches sub-experiences, plugins consolidated at the task's end)
+            or ``"auto"`` (``"task"`` when the bound schema has a task column, else
+            ``"batch"``); see the module docstring. ``mode`` is the one in use.
     """
 
     problem = "classification"
@@ -108,7 +144,10 @@ class AvalancheStrategy(Strategy):
         strategy_kwargs: dict[str, Any] | None = None,
         seed: int = 0,
         device: str = "auto",
+        experiences: str = "auto",
     ) -> None:
+        if experiences not in EXPERIENCES:
+            raise ValueError(f"AvalancheStrategy: experiences={experiences!r}; use one of {EXPERIENCES}")
         self.strategy = strategy
         self.n_classes = n_classes
         self.target = target
@@ -121,19 +160,44 @@ class AvalancheStrategy(Strategy):
         self.strategy_kwargs = dict(strategy_kwargs or {})
         self.seed = seed
         self.device = device
+        self.experiences = experiences
+        self._task_column: str | None = None  # the bound schema's task column
         self._template: Any = None
+        self._tasks: TaskExperiences | None = None
         self._net: Any = None
         self._optimizer: Any = None
         self.n_batches = 0
         self.n_learned = 0
+        # "task" mode: the stream task id of the rows learned since the last consolidation, and
+        # each task id's Avalanche task label (its index in order of first appearance)
+        self._task: Any = None
+        self._labels: dict[Any, int] = {}
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
         return {"strategy": "Naive", "n_classes": 2, "hidden": 8}
 
+    def bind(self, schema: Schema) -> None:
+        super().bind(schema)
+        self._task_column = schema.task
+
+    @property
+    def mode(self) -> str:
+        """The experiences in use: ``"task"`` or ``"batch"`` (``"auto"`` resolved by the bound schema)."""
+        if self.experiences == "auto":
+            return "task" if self._task_column is not None else "batch"
+        return self.experiences
+
+    @property
+    def consolidations(self) -> int:
+        """Tasks consolidated so far (``"task"`` mode; 0 before the first)."""
+        return self._tasks.consolidations if self._tasks is not None else 0
+
     def describe(self) -> str:
         name = self.strategy if isinstance(self.strategy, str) else getattr(self.strategy, "__name__", "custom")
-        return f"AvalancheStrategy({name}, n_classes={self.n_classes}, hidden={self.hidden}, lr={self.lr})"
+        # the mode is named unless it is the per-batch one by default (module docstring: fingerprints)
+        mode = f", experiences={self.mode}" if self.mode == "task" or self.experiences != "auto" else ""
+        return f"AvalancheStrategy({name}, n_classes={self.n_classes}, hidden={self.hidden}, lr={self.lr}{mode})"
 
     # -- model ----------------------------------------------------------------------
     def _inputs(self, batch: Batch) -> np.ndarray:
@@ -154,6 +218,7 @@ class AvalancheStrategy(Strategy):
         if callable(self.strategy):
             self._template = self.strategy(self._net, self._optimizer, criterion, device)
             self._template.plugins.append(self._counter)
+            self._dispatch()
             return
         from avalanche import training
         from avalanche.training.plugins import EvaluationPlugin
@@ -174,6 +239,16 @@ class AvalancheStrategy(Strategy):
                 **self.strategy_kwargs,
             )
         self._template.plugins.append(self._counter)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """The template's end-of-experience callbacks go through `TaskExperiences`, which holds
+        the memory plugins' consolidation back to the task's end while ``active`` (set from the
+        mode before every ``train``: a strategy may be built by ``restore`` before it is bound)
+        and is the template's own dispatch otherwise. A bound method, not a closure, so that a
+        deep copy or a pickle of a built strategy keeps calling its own copy."""
+        self._tasks = TaskExperiences(self._template)
+        self._template._after_training_exp = self._tasks.after_training_exp
 
     def _ensure(self, batch: Batch) -> None:
         if self._net is None:
@@ -210,13 +285,17 @@ class AvalancheStrategy(Strategy):
             inputs, y_all = inputs[use], y_all[use]
         x = torch.from_numpy(inputs)
         y = torch.from_numpy(y_all)
-        data = _dataset(x, y)
-        experience = benchmark_from_datasets(train=[data]).train_stream[0]
-        torch.manual_seed(self.seed * 1_000_003 + self.n_batches)
+        assert self._tasks is not None
+        self._tasks.active = self.mode == "task"
         self._counter.rows = 0
-        with _quiet():
-            self._template.train(experience)
-        self.n_batches += 1
+        for lo, hi, task in self._task_runs(batch, use):
+            label = self._enter_task(task) if self.mode == "task" else 0
+            data = _dataset(x[lo:hi], y[lo:hi], label)
+            experience = benchmark_from_datasets(train=[data]).train_stream[0]
+            torch.manual_seed(self.seed * 1_000_003 + self.n_batches)
+            with _quiet():
+                self._template.train(experience)
+            self.n_batches += 1
         self.n_learned += len(y)
         # samples: the batch's new rows; train_rows: what went through the net (epochs x
         # (batch + replayed rows)); flops: ~6 x parameters x train_rows (forward 2, backward 4
@@ -226,6 +305,50 @@ class AvalancheStrategy(Strategy):
         n_params = sum(p.numel() for p in self._net.parameters())
         return StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start,
                           extra={"train_rows": float(rows), "flops": 6.0 * n_params * rows}, skipped=skipped)
+
+    def _task_runs(self, batch: Batch, use: np.ndarray) -> list[tuple[int, int, Any]]:
+        """The used rows as runs ``(start, stop, task)``, each learned as a sub-experience of
+        ``task``: one run unless the mode is ``"task"``, the batch has the task column and a task
+        id never seen before appears in it after rows of another task. The task being learned is
+        the one named by the first id after a boundary (or ever); rows with a null id or the id
+        of an earlier task (a blurry stream's mixing window, a revisit nobody signalled) are
+        learned within it, so that a task id flickering at a task's edge ends no task."""
+        n = int(use.sum())
+        column = self._task_column
+        if self.mode != "task" or column is None or column not in batch.column_names:
+            return [(0, n, self._task)]
+        ids = [t for t, u in zip(batch.column(column).to_pylist(), use) if u]
+        seen = set(self._labels)
+        runs: list[tuple[int, int, Any]] = []
+        current, lo = self._task, 0
+        for i, t in enumerate(ids):
+            if t is None:
+                continue
+            if current is None:
+                current = t
+            elif t != current and t not in seen:
+                if i > lo:
+                    runs.append((lo, i, current))
+                    lo = i
+                current = t
+            seen.add(t)
+        runs.append((lo, n, current))
+        return runs
+
+    def _enter_task(self, task: Any) -> int:
+        """Rows of ``task`` are next ("task" mode): when it is a new task after rows of another
+        were learned, that task is consolidated first, as if its end had been signalled (the
+        engine signals it unless the learn step is told not to; a strategy used on its own has
+        no one to tell it). Returns the Avalanche task label of the run's rows: the task's
+        index in the order tasks first appeared (0 without a task column)."""
+        assert self._tasks is not None
+        if self._task is not None and task != self._task and self._tasks.rows:
+            with _quiet():
+                self._tasks.consolidate()
+        self._task = task
+        if task is None:
+            return 0
+        return self._labels.setdefault(task, len(self._labels))
 
     def _logits(self, batch: Batch) -> Any:
         import torch
@@ -252,6 +375,15 @@ class AvalancheStrategy(Strategy):
             return ClassScores(np.zeros((0, self.n_classes), dtype=np.float32), classes)
         return ClassScores(self._logits(batch).cpu().numpy(), classes)
 
+    def on_task_boundary(self, boundary: TaskBoundary) -> None:
+        """``"task"`` mode: the task ended, its plugins consolidate (nothing when no row was
+        learned since the last consolidation). ``"batch"`` mode: nothing to do, every batch was
+        consolidated when it was learned."""
+        if self.mode == "task" and self._tasks is not None:
+            with _quiet():
+                self._tasks.consolidate()
+            self._task = None  # the next rows name the next task (a revisited one too)
+
     def snapshot(self) -> dict[str, Any]:
         if self._net is None:
             return {"built": False, "n_batches": self.n_batches, "n_learned": self.n_learned}
@@ -265,39 +397,40 @@ class AvalancheStrategy(Strategy):
             "n_batches": self.n_batches,
             "n_learned": self.n_learned,
             **self._plugin_state(),
+            # "task" mode: the task being learned, its pending consolidation (in "batch" mode
+            # nothing is ever pending), the task labels given so far
+            "tasks": {"task": self._task, "labels": [[t, label] for t, label in self._labels.items()],
+                      **self._tasks.state()} if self._tasks is not None else {},
         }
 
     def _plugin_state(self) -> dict[str, Any]:
         """Avalanche's clock and the memories of the Replay, EWC and LwF plugins, as tensors."""
-        from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
-        from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
-
         cpu = lambda t: t.detach().cpu().clone()  # noqa: E731
         clock = {k: int(v) for k, v in vars(self._template.clock).items() if type(v) is int}
         plugins: list[dict[str, Any]] = []
         missing: list[str] = []
         for p in self._template.plugins:
+            kind = plugin_kind(p)
             # Replay's default policy; others (class-balanced: its seen classes) are listed as missing
-            if isinstance(p, ReplayPlugin) and type(p.storage_policy) is ExperienceBalancedBuffer and all(
-                    type(g) is ReservoirSamplingBuffer for g in p.storage_policy.buffer_groups.values()):
+            if kind == "replay":
                 sp = p.storage_policy
                 groups = []
                 for key, g in sp.buffer_groups.items():
-                    x, y = _tensors(g.buffer)
-                    groups.append({"key": int(key), "x": x, "y": y, "weights": cpu(g._buffer_weights),
+                    x, y, tasks = _tensors(g.buffer)
+                    groups.append({"key": int(key), "x": x, "y": y, "t": tasks, "weights": cpu(g._buffer_weights),
                                    "max_size": int(g.max_size)})
                 plugins.append({"kind": "replay", "groups": groups, "num_exps": int(getattr(sp, "_num_exps", 0)),
                                 "max_size": int(sp.max_size)})
-            elif isinstance(p, EWCPlugin):
+            elif kind == "ewc":
                 table = lambda d: [[int(e), [[n, cpu(pd.data)] for n, pd in ps.items()]] for e, ps in d.items()]  # noqa: E731
                 plugins.append({"kind": "ewc", "saved": table(p.saved_params), "importances": table(p.importances)})
-            elif isinstance(p, LwFPlugin):
+            elif kind == "lwf":
                 lwf = p.lwf
                 prev = None if lwf.prev_model is None else {k: cpu(v) for k, v in lwf.prev_model.state_dict().items()}
                 plugins.append({"kind": "lwf", "prev_model": prev, "expcount": int(lwf.expcount),
                                 "classes": [[int(t), sorted(int(c) for c in cs)]
                                             for t, cs in lwf.prev_classes_by_task.items()]})
-            elif not isinstance(p, _TrainCounter) and type(p).__name__ not in _NO_MEMORY:
+            elif not isinstance(p, _TrainCounter) and not holds_no_memory(p):
                 missing.append(type(p).__name__)
         return {"clock": clock, "plugins": plugins, "not_in_snapshot": missing}
 
@@ -324,7 +457,7 @@ class AvalancheStrategy(Strategy):
                 sp.buffer_groups = {}
                 for g in match["groups"]:
                     buf = ReservoirSamplingBuffer(g["max_size"])
-                    buf.buffer = _dataset(g["x"], g["y"])
+                    buf.buffer = _dataset(g["x"], g["y"], g.get("t"))
                     buf._buffer_weights = g["weights"].clone()
                     sp.buffer_groups[g["key"]] = buf
                 sp._num_exps = match["num_exps"]
@@ -344,12 +477,18 @@ class AvalancheStrategy(Strategy):
                     lwf.prev_model.load_state_dict(match["prev_model"])
                 lwf.expcount = match["expcount"]
                 lwf.prev_classes_by_task = defaultdict(set, {t: set(cs) for t, cs in match["classes"]})
+        tasks = state.get("tasks") or {}
+        self._task = tasks.get("task")
+        self._labels = {t: int(label) for t, label in tasks.get("labels", [])}
+        assert self._tasks is not None
+        self._tasks.load(tasks, device)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.n_batches = state["n_batches"]
         self.n_learned = state["n_learned"]
         if not state["built"]:
-            self._net = self._template = self._optimizer = None
+            self._net = self._template = self._optimizer = self._tasks = None
+            self._task, self._labels = None, {}
             return
         if self._net is None:
             if state["n_inputs"] is None:
@@ -369,35 +508,3 @@ class _TrainCounter:
     def after_training_iteration(self, strategy: Any, **kwargs: Any) -> None:
         self.rows += len(strategy.mb_x)
 
-
-#: Avalanche's own plugins that hold nothing a restored strategy needs (the clock is saved apart)
-_NO_MEMORY = frozenset({"Clock", "PeriodicEval", "EvaluationPlugin"})
-
-
-def _dataset(x: Any, y: Any) -> Any:
-    """One experience's rows as the task-aware dataset Avalanche's plugins expect (task 0)."""
-    import torch
-    from avalanche.benchmarks.utils import DataAttribute
-    from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
-    from torch.utils.data import TensorDataset
-
-    tasks = torch.zeros(len(y), dtype=torch.long)
-    # task-aware: LwF and other plugins look up the experience's task set
-    return TaskAwareClassificationDataset(
-        [TensorDataset(x, y)],
-        data_attributes=[
-            DataAttribute(y, "targets"),
-            DataAttribute(tasks, "targets_task_labels", use_in_getitem=True),
-        ],
-    )
-
-
-def _tensors(data: Any) -> tuple[Any, Any]:
-    """The (x, y) tensors of an Avalanche dataset's rows, in its order."""
-    import torch
-
-    if len(data) == 0:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    rows = [data[i] for i in range(len(data))]
-    return (torch.stack([torch.as_tensor(r[0]) for r in rows]),
-            torch.as_tensor([int(r[1]) for r in rows], dtype=torch.long))
