@@ -402,6 +402,7 @@ class SparseTraining(Strategy):
         t = self.current
         assert t is not None
         fraction = drop_rate(self.task_step, self.steps_per_task, self.drop_start, self.drop_end)
+        moved = False
         for layer, w in enumerate(self._net.weights):
             a = self._active[layer]
             if self.densities[layer] >= 1.0 or not bool(a.any()):
@@ -420,8 +421,10 @@ class SparseTraining(Strategy):
             self._active[layer] = new
             self._ever[layer] = self._ever[layer] | new
             self.task_masks[t][layer] = self._reused[layer] | new
-        self.mask_updates += 1
-        self._cache_flops()
+            moved = True
+        if moved:  # a dense or exhausted network has no mask to update: nothing is counted
+            self.mask_updates += 1
+            self._cache_flops()
 
     # -- the contract ---------------------------------------------------------------------------
     def learn(self, batch: Batch) -> StepReport:

@@ -1,0 +1,251 @@
+"""Dynamic sparse training (`tf.SparseTraining`): layer densities, growth criteria and density.
+
+Two comparisons, every run through the engine (``Pipeline.learn``, held-out evaluation at every
+task boundary, ``RunResult.cl_metrics``), task-incremental (each row's task id from the schema's
+task column; the heads are per task, so a class-incremental row would read "n/a: needs a task
+id"):
+
+* **split Fashion-MNIST** (`tf.ImageStream("fashion-mnist", split="task-incremental")`: 5 tasks of
+  2 classes in a seeded class order, 12 000 training rows per task, the 2 000 test rows of its
+  classes held out, pixels standardised): ERK vs uniform layer densities x the four growth
+  criteria (random, unfired, gradient, momentum) x densities 0.2 and 0.05, and dense fine-tuning
+  (the same learner at density 1 with nothing frozen) as the reference. MLP 784-200-200 with a
+  head per task; one batch per task, ``--epochs`` passes over it (minibatches of 64), Adam 1e-3
+  with x0.1 at 50 % and 75 % of the task's steps, a mask update every 50 steps, the drop fraction
+  cosine from 0.5 to 0.005 over the task's steps;
+* **permuted digits**, the test suite's protocol (tests/strategies/test_dst.py): the project's
+  permuted digits stream (`tf.ImageStream("digits", split="domain-incremental",
+  domain="permutation")`) with each row's task id added as a task column, MLP 64-200-200, one
+  batch per task and 100 passes; the spec's toy rows (dense; d=0.2 ERK random and gradient;
+  d=0.2 uniform random; d=0.05 uniform random), with pixels unscaled (as the spec's toy had them:
+  its dense row is reproduced only so) and standardised.
+
+Columns: task-IL average accuracy after the last task and BWT (means over seeds, the spread
+in brackets); **share used**: the share of the hidden layers' weights some task holds at the end
+(`SparseTraining.network_share`); **FLOPs vs dense**: the FLOPs the learner counts (active weights
+only) over the dense reference's; **CPU s vs dense**: the whole run's CPU time (stream, learning,
+held-out evaluation) over the dense reference's, which other jobs on the machine do not inflate;
+**learn s vs dense**: wall-clock seconds in ``learn`` over the dense reference's (inflated by
+other jobs on a shared machine). The kernels are dense, so time does not fall with density: the
+masks and the mask updates cost extra. **mask updates**: per run (0 where no layer is sparse);
+**notices**: capacity events raised (``capacity_low`` / ``capacity_exhausted``).
+
+Usage::
+
+    .venv/bin/python bench/dst.py                  # both parts, seeds 0 and 1 (CPU: about 20 min)
+    .venv/bin/python bench/dst.py --quick          # a smoke run: 200 training rows per class, 1 pass
+    .venv/bin/python bench/dst.py --jobs 2         # runs in parallel processes, one thread each
+
+It writes ``results/dst.json`` (every run's metrics, the protocol, the machine) and
+``results/dst.md`` (the tables), or ``dst_quick.*`` with ``--quick``; ``--out`` names another folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from _common import REPO, machine_info, write_json  # noqa: E402
+
+OUT = REPO / "results"
+GROWTHS = ("random", "unfired", "gradient", "momentum")
+LAYERS = ("erk", "uniform")
+DENSITIES = (0.2, 0.05)
+#: the spec's toy rows on permuted digits: (name, density, layer density, growth); density 1 = dense
+DIGITS_ROWS = (("dense fine-tuning", 1.0, "uniform", "random"), ("d=0.2 ERK random", 0.2, "erk", "random"),
+               ("d=0.2 ERK gradient", 0.2, "erk", "gradient"), ("d=0.2 uniform random", 0.2, "uniform", "random"),
+               ("d=0.05 uniform random", 0.05, "uniform", "random"))
+MINIBATCH = 64
+
+
+def fashion_stream(seed: int, quick: bool) -> Any:
+    import tideflow as tf
+
+    caps = {"train_per_class": 200, "test_per_class": 100} if quick else {}
+    # one batch per task: the stream cuts batches where a task ends
+    return tf.ImageStream("fashion-mnist", split="task-incremental", tasks=5, seed=seed, batch_size=100_000, **caps)
+
+
+def permuted_digits(seed: int, standardize: bool) -> Any:
+    """The project's permuted digits with each row's task id as the schema's task column."""
+    import numpy as np
+    import pyarrow as pa
+
+    import tideflow as tf
+
+    src = tf.ImageStream("digits", split="domain-incremental", domain="permutation", tasks=5, seed=seed,
+                         batch_size=300, standardize=standardize)
+    task = src.plan.task
+    schema = tf.Schema({"image": tf.Tensor((8, 8)), "label": "int64", "task": "int64"}, target="label", task="task")
+    batches = [tf.Batch(b.data.append_column("task", pa.array(task[b.offsets], type=pa.int64())), b.stream_id,
+                        b.end_of_task) for b in src]
+    held = {t: tf.Batch(h.data.append_column("task", pa.array(np.full(len(h), t), type=pa.int64())), h.stream_id)
+            for t, h in src.held_out().items()}
+    return tf.MemorySource(batches, schema, held_out=held)
+
+
+def warm_up() -> None:
+    """Import torch and train a tiny learner once, so that no measured run pays for the set-up."""
+    import numpy as np
+
+    import tideflow as tf
+    from tideflow.strategies.dst import SparseTraining
+
+    rng = np.random.default_rng(0)
+    batch = tf.Batch.from_pydict({"offset": np.arange(64), "x": tf.tensor_array(rng.normal(size=(64, 8)).astype("f4")),
+                                  "y": rng.integers(0, 2, 64)}, stream_id="warm-up")
+    s = SparseTraining(2, hidden=(8,), epochs=2)
+    s.bind(tf.Schema({"x": tf.Tensor((8,)), "y": "int64"}, target="y"))
+    s.learn(batch)
+    s.predict(batch)
+
+
+def one_run(job: dict[str, Any]) -> dict[str, Any]:
+    """One configuration on one seed (in a worker process when ``--jobs`` > 1)."""
+    import tideflow as tf
+    from tideflow.strategies.dst import SparseTraining
+
+    if job["part"] == "fashion":
+        source = fashion_stream(job["seed"], job["quick"])
+        rows_per_task = max(source.metadata()["task_rows"])
+        hidden, epochs = (200, 200), job["epochs"]
+    else:
+        source = permuted_digits(job["seed"], job["standardize"])
+        rows_per_task, hidden, epochs = 274, (200, 200), 100
+    steps = math.ceil(rows_per_task / MINIBATCH) * epochs
+    dense = job["density"] >= 1.0
+    strategy = SparseTraining(10, hidden=hidden, density=job["density"], layer_density=job["layers"],
+                              growth=job["growth"], isolate=not dense, epochs=epochs, minibatch=MINIBATCH,
+                              steps_per_task=steps, update_every=50, lr=1e-3, seed=job["seed"])
+    start = time.process_time()
+    result = tf.Pipeline("dst-bench").source(source).learn(strategy, name="s").run(tracking=False, progress=False)
+    m = result.cl_metrics["s"]
+    trained = result.strategies["s"]
+    summary = result.summary["s"]
+    return {**job, "steps_per_task": steps, "accuracy_til": m.average_accuracy_til, "bwt_til": m.bwt_til,
+            "forgetting_til": m.forgetting_til, "fwt_til": m.fwt_til, "matrix_til": m.matrix_til,
+            "share_used": trained.network_share, "flops": summary["extra"]["flops"],
+            "train_seconds": summary["train_seconds"], "cpu_seconds": time.process_time() - start,
+            "mask_updates": summary["extra"].get("mask_updates", 0.0), "errors": summary["errors"],
+            "notices": [e.statistic for e in result.drift_events if e.detector == "SparseTraining"]}
+
+
+def jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    out = []
+    for seed in args.seeds:
+        base = {"seed": seed, "quick": args.quick, "epochs": args.epochs}
+        out.append({**base, "part": "fashion", "name": "dense fine-tuning", "density": 1.0, "layers": "uniform",
+                    "growth": "random"})
+        for density in DENSITIES:
+            for layers in LAYERS:
+                for growth in GROWTHS:
+                    out.append({**base, "part": "fashion", "name": f"d={density} {layers} {growth}",
+                                "density": density, "layers": layers, "growth": growth})
+        if not args.quick:
+            for standardize in (False, True):
+                for name, density, layers, growth in DIGITS_ROWS:
+                    out.append({**base, "part": "digits", "standardize": standardize, "name": name,
+                                "density": density, "layers": layers, "growth": growth})
+    return out
+
+
+def _stat(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values) * scale:.{digits}f}..{max(values) * scale:.{digits}f})"
+
+
+def table(runs: list[dict[str, Any]], names: list[str]) -> list[str]:
+    ref = [r for r in runs if r["name"] == "dense fine-tuning"]
+    flops_ref = statistics.fmean(r["flops"] for r in ref)
+    secs_ref = statistics.fmean(r["train_seconds"] for r in ref)
+    cpu_ref = statistics.fmean(r["cpu_seconds"] for r in ref)
+    lines = ["| config | task-IL acc % | BWT % | share used | FLOPs vs dense | CPU s vs dense | learn s vs dense "
+             "| mask updates | notices |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        rs = [r for r in runs if r["name"] == name]
+        notices = sorted({n for r in rs for n in r["notices"]})
+        lines.append(
+            f"| {name} | {_stat([r['accuracy_til'] for r in rs])} | {_stat([r['bwt_til'] for r in rs])} "
+            f"| {statistics.fmean(r['share_used'] for r in rs):.2f} "
+            f"| {statistics.fmean(r['flops'] for r in rs) / flops_ref:.2f} "
+            f"| {statistics.fmean(r['cpu_seconds'] for r in rs) / cpu_ref:.2f} "
+            f"| {statistics.fmean(r['train_seconds'] for r in rs) / secs_ref:.2f} "
+            f"| {statistics.fmean(r['mask_updates'] for r in rs):.0f} | {', '.join(notices) or '-'} |")
+    return lines
+
+
+def report(doc: dict[str, Any]) -> str:
+    runs = doc["runs"]
+    p = doc["protocol"]
+    fashion = [r for r in runs if r["part"] == "fashion"]
+    names = list(dict.fromkeys(r["name"] for r in fashion))
+    lines = [
+        "# Dynamic sparse training (`tf.SparseTraining`)", "",
+        f"Written by `bench/dst.py` ({'--quick, ' if p['quick'] else ''}seeds {p['seeds']}). Task-incremental: the "
+        "task id comes from the schema's task column (class-incremental: n/a, the learner needs a task id). "
+        "Means over seeds, the range in brackets. Share used: the share of the hidden layers' weights some task "
+        "holds at the end. FLOPs count active weights only; the kernels are dense, so time does not fall with "
+        "density. CPU s: the whole run's CPU time; learn s: wall time in learn (other jobs inflate it).", "",
+        f"## Split Fashion-MNIST (5 tasks x 2 classes, MLP 784-200-200, {p['epochs']} pass(es) per task)", "",
+        *table(fashion, names), "",
+    ]
+    for standardize in (False, True):
+        digits = [r for r in runs if r["part"] == "digits" and r["standardize"] == standardize]
+        if digits:
+            how = "standardised pixels" if standardize else "pixels unscaled (0..16, the spec's toy)"
+            lines += [f"## Permuted digits, the test suite's protocol ({how})", "",
+                      *table(digits, [n for n, *_ in DIGITS_ROWS]), ""]
+    lines += [f"Errors in runs: {sum(r['errors'] for r in runs)}. Machine: {doc['machine']['cpu_model']}, "
+              f"{doc['machine']['cpu_affinity']} CPUs, OMP_NUM_THREADS={doc['machine']['OMP_NUM_THREADS']}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=3, help="passes over each Fashion-MNIST task")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="200 training rows per class, 1 pass, no digits")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of dst.json and dst.md (default: results/)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs = 1
+    todo = jobs(args)
+    runs: list[dict[str, Any]] = []
+    started = time.time()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, initializer=warm_up) as pool:
+            for run in pool.map(one_run, todo):
+                runs.append(run)
+                print(f"{run['part']} {run['name']} seed {run['seed']}: {100 * run['accuracy_til']:.1f} %", flush=True)
+    else:
+        warm_up()
+        for job in todo:
+            run = one_run(job)
+            runs.append(run)
+            print(f"{run['part']} {run['name']} seed {run['seed']}: {100 * run['accuracy_til']:.1f} % "
+                  f"({run['cpu_seconds']:.0f} s)", flush=True)
+    doc = {"protocol": {"seeds": args.seeds, "epochs": args.epochs, "quick": args.quick, "minibatch": MINIBATCH,
+                        "update_every": 50, "lr": 1e-3, "drop": [0.5, 0.005], "hidden": [200, 200]},
+           "wall_seconds": time.time() - started, "machine": machine_info(), "runs": runs}
+    stem = "dst_quick" if args.quick else "dst"
+    write_json(doc, args.out / f"{stem}.json")
+    (args.out / f"{stem}.md").write_text(report(doc))
+    print(f"wrote {args.out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
