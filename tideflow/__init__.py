@@ -26,6 +26,7 @@ from tideflow.stream.operator import Operator
 from tideflow.stream.reduce import VarianceHorizon
 from tideflow.stream.schema import Field, Schema, Tensor
 from tideflow.stream.validate import Validate
+from tideflow.strategies.adapt_inf import AdaptInfinity
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
 from tideflow.strategies.dkvb import KeyValueBottleneck
@@ -50,6 +51,7 @@ __all__ = [
     "NowcastPersistence", "NowcastSeasonal", "KeyValueBottleneck",
     "PrototypeDistillation", "SparseTraining",
     "HDCDetector", "EAR",
+    "AdaptInfinity",
 ]
 
 
