@@ -245,8 +245,8 @@ class EAR(Strategy):
     def _device(self) -> Any:
         return torch_core.choose_device(self.device)
 
-    def _features(self, x: np.ndarray) -> np.ndarray:
-        """The frozen encoder's features ``(n, d)`` of inputs ``x`` (float32)."""
+    def encoded(self, x: np.ndarray) -> np.ndarray:
+        """The encoder's features ``(n, d)`` (float32) of inputs ``x`` shaped as ``input_shape``; no side effects."""
         if self._encoder is None:
             return x.reshape(len(x), -1).astype(np.float32, copy=False)
         if not len(x):
@@ -263,7 +263,7 @@ class EAR(Strategy):
         self._encoder.eval()
         for p in self._encoder.parameters():
             p.requires_grad_(False)
-        f = self._features(self._window_x)
+        f = self.encoded(self._window_x)
         rows = self._hdc_rows(self._window_x, f)
         blocks = [rows.shape[1] - f.shape[1], f.shape[1]] if rows.shape[1] > f.shape[1] else None
         self._space = HDCSpace.fit(rows, self.dim, self.seed, blocks=blocks)
@@ -337,7 +337,7 @@ class EAR(Strategy):
         """Probabilities ``(n, n_classes)`` of inputs ``x``: the routed expert's (module docstring),
         or while the encoder learns, its head's."""
         torch = torch_core.use_torch(self.torch_threads)
-        f = self._features(x)
+        f = self.encoded(x)
         if not self.frozen:
             expert = torch.nn.ModuleDict({"adaptor": torch.nn.Sequential(), "heads": torch.nn.ModuleList([self._head0])})
             return expert_probs(expert, [{"classes": self.encoder_classes}], None, f, None, self.n_classes,
@@ -408,7 +408,7 @@ class EAR(Strategy):
 
     def _learn_frozen(self, batch: Batch, x: np.ndarray, y: np.ndarray, offsets: np.ndarray,
                       extra: dict[str, float], report: StepReport) -> None:
-        f = self._features(x)
+        f = self.encoded(x)
         extra["flops"] += 2.0 * self.encoder_params * len(x)
         if self._space is None:  # no encoder: the space is centred on the first batch's features
             self._space = HDCSpace.fit(f, self.dim, self.seed)
@@ -521,7 +521,7 @@ class EAR(Strategy):
         x, finite = self._inputs(batch)
         if finite.any():
             xf = x[finite]
-            out[finite] = self._memory_scores(self._hypervectors(xf, self._features(xf)))
+            out[finite] = self._memory_scores(self._hypervectors(xf, self.encoded(xf)))
         return out
 
     def parameter_counts(self) -> dict[str, Any]:

@@ -107,29 +107,24 @@ class HDCSpace:
         ``standardize``: each value is also divided by its standard deviation there (a value that
         never varies keeps scale 1); values that barely vary then weigh as much as the others.
         ``blocks``: the row is several layers' features side by side (their widths, summing to d),
-        as HDFF fuses layers: each block is divided by the square root of its total variance, so
-        that every layer weighs alike in the projection whatever its width and its values' size
-        (one projection of the scaled blocks is the sum of one projection per block).
+        as HDFF fuses layers: each block (after ``standardize``) is divided by the square root of
+        its total variance, so that every layer weighs alike in the projection whatever its width
+        and its values' size (one projection of the scaled blocks is the sum of one per block).
         """
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or not len(x):
             raise ValueError(f"fit needs rows (n, d) with n >= 1, got shape {x.shape}")
-        if standardize and blocks is not None:
-            raise ValueError("give standardize or blocks, not both")
         std = x.std(axis=0)
-        if standardize:
-            scale = np.where(std > 1e-12, std, 1.0)
-        elif blocks is not None:
+        scale = np.where(std > 1e-12, std, 1.0) if standardize else np.ones(x.shape[1])
+        if blocks is not None:
             if sum(blocks) != x.shape[1] or min(blocks) < 1:
                 raise ValueError(f"blocks {list(blocks)} do not split rows of {x.shape[1]} values")
-            scale = np.empty(x.shape[1])
             start = 0
             for width in blocks:
-                total = float((std[start:start + width] ** 2).sum())
-                scale[start:start + width] = np.sqrt(total) if total > 1e-24 else 1.0
+                part = slice(start, start + width)
+                total = float(((std[part] / scale[part]) ** 2).sum())
+                scale[part] *= np.sqrt(total) if total > 1e-24 else 1.0
                 start += width
-        else:
-            scale = np.ones(x.shape[1])
         return cls(x.mean(axis=0), scale, dim, seed)
 
     @property
@@ -324,6 +319,9 @@ class HDCDetector(Operator):
         quantile: a memory's threshold is this quantile of its rows' leave-one-out scores.
         vote: a batch is out of distribution when more than this share of its rows are.
         clusters: prototypes per memory without labels.
+        standardize: the space also divides each value by its deviation in the first calibration
+            rows (`HDCSpace.fit`): shifts away from those rows stand out more, but later domains
+            look more alike to each other (docs/methods/ear.md).
         seed: the projection and the clustering.
         name: step name written into the events.
     """
@@ -332,7 +330,7 @@ class HDCDetector(Operator):
 
     def __init__(self, on: str | Sequence[str], *, label: str | None = None, dim: int = DEFAULT_DIM,
                  calibration_rows: int = 256, quantile: float = 0.05, vote: float = 0.25, clusters: int = 8,
-                 seed: int = 0, name: str | None = None) -> None:
+                 standardize: bool = False, seed: int = 0, name: str | None = None) -> None:
         if calibration_rows < 2:
             raise ValueError(f"calibration_rows must be at least 2, got {calibration_rows}")
         if not 0.0 <= vote < 1.0:
@@ -349,6 +347,7 @@ class HDCDetector(Operator):
         self.quantile = float(quantile)
         self.vote = float(vote)
         self.clusters = int(clusters)
+        self.standardize = bool(standardize)
         self.seed = int(seed)
         self.name = name or f"hdc_{self.on if isinstance(self.on, str) else '_'.join(self.on)}"
         self._reset()
@@ -457,7 +456,7 @@ class HDCDetector(Operator):
                 self._buffer_y.append(ys)
             if sum(len(b) for b in self._buffer_x) >= self.calibration_rows:
                 rows = np.concatenate(self._buffer_x)
-                self._space = HDCSpace.fit(rows, self.dim, self.seed)
+                self._space = HDCSpace.fit(rows, self.dim, self.seed, standardize=self.standardize)
                 labels = np.concatenate(self._buffer_y) if self._buffer_y else None
                 self._memories.append(self._memory_from(self._space.encode(rows), labels))
                 self._buffer_x, self._buffer_y = [], []
