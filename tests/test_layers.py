@@ -138,3 +138,14 @@ def test_the_code_names_no_file_outside_the_repository():
     outside = ("/work/", "shared/specs", "DESIGN.md", "../shared")
     found = [f"{p.relative_to(ROOT.parent)}: {o}" for p in ROOT.rglob("*.py") for o in outside if o in p.read_text()]
     assert not found, found
+
+
+def test_no_two_test_files_share_a_name():
+    """pytest imports test files by basename (rootdir mode): a second file of the same name
+    stops the whole run at collection, so the suite would not start on a clean clone."""
+    tests = ROOT.parent / "tests"
+    names: dict[str, list[str]] = {}
+    for p in tests.rglob("test_*.py"):
+        names.setdefault(p.name, []).append(str(p.relative_to(tests)))
+    same = {n: ps for n, ps in names.items() if len(ps) > 1}
+    assert not same, same
