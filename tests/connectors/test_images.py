@@ -138,10 +138,12 @@ def test_the_engine_evaluates_every_task_of_an_image_stream():
     mt = til.cl_metrics["mlp"]
     assert mt.matrix == m.matrix and mt.average_accuracy_til > mt.average_accuracy
     assert sorted(til.summary["mlp"]["by_task"]) == [0, 1, 2, 3, 4]
-    # task-free: the learner is never told; held-out sets are evaluated at the start and the end
+    # task-free: the learner is never told of a task, yet the held-out sets are evaluated where
+    # the task column changes (one matrix row per task), besides the start and the end
     _, free = run("task-free")
     assert free.summary["mlp"]["task_boundaries"] == 0
-    assert [r["point"] for r in free.evaluations["mlp"]] == ["start"] * 5 + ["end"] * 5
+    assert [r["point"] for r in free.evaluations["mlp"]] == ["start"] * 5 + ["boundary"] * 20 + ["end"] * 5
+    assert len(free.cl_metrics["mlp"].matrix) == 5
     assert sorted(free.summary["mlp"]["by_task"]) == [0, 1, 2, 3, 4]
 
 
