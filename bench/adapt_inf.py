@@ -16,12 +16,13 @@ the digits part, ``tests/strategies/test_adapt_inf.py``, through `redundant_stre
   of every task at once, and a learner that splits its input by task id
   (``AvalancheStrategy(experiences="task")``) would learn them old tasks first, new task last.
 * **Learner.** ``AvalancheStrategy("Naive")`` with an MLP d-128-10, SGD lr 0.05, minibatch 32,
-  20 epochs over what it is handed, seed = the run's seed.
+  50 epochs over what it is handed, seed = the run's seed.
 * **Selection.** A selection point at every task's end; 200 selected rows per point; the pool
   holds every row seen (or 10 % of the stream's rows with pruning).
 * **Scores.** The final model on every held-out row: accuracy, rare-class accuracy (classes
-  2t + 1), worst class; training rows (``train_rows``: rows through the net, epochs counted)
-  and seconds of the whole run next to them. Means over seeds.
+  2t + 1), worst class; training rows (``train_rows``: rows through the net, epochs counted),
+  the learner's counted training FLOPs, the CPU seconds of the run (this process: selection,
+  scoring and training) and its wall seconds next to them. Means over seeds.
 
 Methods (``--methods``; each a selector configuration):
 
@@ -39,8 +40,11 @@ and the ablations (``--ablations``): each one part of ``adapt`` changed (one clu
 expert per name, top scores instead of coverage sampling, no guard, the proxy model instead
 of the MLP's own, first-layer gradients through torch.func, 5 and 20 clusters).
 
+A third part follows one selector over a long stream (``--memory-batches``): pool rows, the
+sealed snapshot's bytes and the process's resident memory every 10 batches.
+
 Run: ``.venv/bin/python bench/adapt_inf.py`` (digits and Fashion-MNIST, methods and ablations,
-2 seeds) writes ``results/adapt_inf.json`` and ``results/adapt_inf.md``. Seconds are wall
+2 seeds, the memory trace) writes ``results/adapt_inf.json`` and ``results/adapt_inf.md``. Seconds are wall
 time on a machine whose 2 cores other jobs share: they are inflated and noisy, compare them
 within one table only.
 """
@@ -62,6 +66,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 
 import tideflow as tf  # noqa: E402
 from tideflow.strategies.selection import Selection, Selector  # noqa: E402
@@ -195,10 +200,10 @@ def run_method(source: tf.MemorySource, method: dict[str, Any] | None, seed: int
     strategy = tf.AvalancheStrategy("Naive", n_classes=CLASSES, seed=seed, device="cpu", **MLP)
     sel = selector(method, seed, source.num_rows, **overrides)
     source.seek(0)  # a source is read as given: every run starts it from the beginning
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = (tf.Pipeline("adapt-inf").source(source).learn(strategy, name="mlp", select=sel)
               .run(runner=runner, tracking=False, progress=False))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     summary = result.summary["mlp"]
     if summary["errors"]:
         raise RuntimeError(f"the run had {summary['errors']} errors; first: {summary['first_error']}")
@@ -216,7 +221,9 @@ def run_method(source: tf.MemorySource, method: dict[str, Any] | None, seed: int
         "worst_class": 100.0 * min(per_class.values()),
         "per_class": {c: 100.0 * v for c, v in per_class.items()},
         "train_rows": float(extra.get("train_rows", 0.0)),
+        "flops": float(extra.get("flops", 0.0)),
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "select_seconds": float(extra.get("select.seconds", 0.0)),
         "pool_final": float(result.per_batch["mlp"][-1]["extra"].get("select.pool", float("nan"))),
         "selected": float(extra.get("select.selected", 0.0)),
@@ -227,7 +234,8 @@ def run_method(source: tf.MemorySource, method: dict[str, Any] | None, seed: int
 
 
 def mean_of(runs: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("acc", "rare_acc", "worst_class", "train_rows", "seconds", "select_seconds", "pool_final", "stream_rows")
+    keys = ("acc", "rare_acc", "worst_class", "train_rows", "flops", "seconds", "cpu_seconds", "select_seconds",
+            "pool_final", "stream_rows")
     return {k: float(np.mean([r[k] for r in runs])) for k in keys}
 
 
@@ -242,16 +250,56 @@ def expert_use(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 def _table(rows: dict[str, dict[str, Any]], full: dict[str, float] | None) -> list[str]:
     out = ["| method | acc | rare-class acc | worst class | pool at end | training rows | rows vs full pool "
-           "| seconds | of which selecting | experts chosen (clusters) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| training GFLOP | CPU s | wall s | of which selecting (wall) | experts chosen (clusters) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = r["mean"]
         ratio = f"{m['train_rows'] / full['train_rows']:.1%}" if full and full["train_rows"] else "-"
         experts = ", ".join(f"{k} {int(v)}" for k, v in sorted(r["experts"].items())) or "-"
         pool = "-" if np.isnan(m["pool_final"]) else f"{m['pool_final']:.0f}"
         out.append(f"| {name} | {m['acc']:.1f} | {m['rare_acc']:.1f} | {m['worst_class']:.1f} | {pool} "
-                   f"| {m['train_rows']:.0f} | {ratio} | {m['seconds']:.1f} | {m['select_seconds']:.1f} | {experts} |")
+                   f"| {m['train_rows']:.0f} | {ratio} | {m.get('flops', 0.0) / 1e9:.1f} "
+                   f"| {m.get('cpu_seconds', float('nan')):.1f} | {m['seconds']:.1f} | {m['select_seconds']:.1f} "
+                   f"| {experts} |")
     return out
+
+
+def memory_run(batches: int = 240, pool_size: int = 600, every: int = 5, seed: int = 0) -> dict[str, Any]:
+    """A long-lived job's view: the digits stream replayed (offsets running on) for ``batches``
+    batches through the protocol's learner, a point every ``every`` batches, the pool pruned to
+    ``pool_size``. Every 10 batches: rows seen, pool rows, the sealed snapshot's bytes, the
+    process's resident memory, the seconds of the last selection point."""
+    import pickle
+
+    from _common import rss_mb
+
+    from tideflow.stream.state import seal
+
+    base = redundant_stream(load_images("digits", seed), seed)
+    strategy = tf.AvalancheStrategy("Naive", n_classes=CLASSES, seed=seed, device="cpu", **MLP)
+    strategy.bind(base.schema())
+    sel = tf.AdaptInfinity(budget=BUDGET, pool_size=pool_size, every=every, seed=seed)
+    trace, seen, last_point = [], 0, 0.0
+    period = base.num_rows
+    for k in range(batches):
+        b = base.batches_[k % len(base.batches_)]
+        shift = (k // len(base.batches_)) * period
+        column = b.data.schema.get_field_index("offset")
+        b = tf.Batch(b.data.set_column(column, "offset", pa.array(b.offsets + shift)), b.stream_id, b.end_of_task)
+        strategy.predict(b)  # the engine predicts every batch before its rows reach the selector
+        out = sel.select(b, strategy)
+        seen += len(b)
+        if out.rows is not None:
+            strategy.learn(out.rows)
+            last_point = out.report["seconds"]
+        if (k + 1) % 10 == 0:
+            trace.append({"batch": k + 1, "rows_seen": seen, "pool_rows": sel.pool_rows,
+                          "snapshot_bytes": len(pickle.dumps(seal(sel.snapshot()))), "rss_mb": rss_mb(),
+                          "point_seconds": last_point})
+            print(f"memory: batch {k + 1} pool {sel.pool_rows} snapshot {trace[-1]['snapshot_bytes']} B "
+                  f"rss {trace[-1]['rss_mb']:.0f} MiB", flush=True)
+    return {"batches": batches, "pool_size": pool_size, "every": every, "budget": BUDGET, "seed": seed,
+            "trace": trace}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fashion-per-class", type=int, default=300,
                     help="training and test images per Fashion-MNIST class (seeded cap; the stream's rows scale "
                          "with it)")
-    ap.add_argument("--out", default=str(REPO / "results" / "adapt_inf"))
+    ap.add_argument("--memory-batches", type=int, default=240,
+                    help="batches of the long-stream memory trace (0: skip it)")
+    ap.add_argument("--out", default=str(REPO / "results" / "adapt_inf"),
+                    help="results path without suffix; the datasets and the trace run replace their own "
+                         "entries of an existing JSON there, the others are kept")
     args = ap.parse_args(argv)
     import torch
 
@@ -271,11 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     ablations = (list(ABLATIONS) if args.ablations == "all" else [] if args.ablations == "none"
                  else args.ablations.split(";"))
-    doc: dict[str, Any] = {"protocol": {"budget": BUDGET, "duplicates": DUPLICATES, "noise": NOISE, "batch": BATCH,
-                                        "mlp": MLP, "seeds": seeds, "fashion_per_class": args.fashion_per_class},
-                           "datasets": {}}
-    started = time.perf_counter()
-    for name in args.datasets.split(","):
+    from _common import machine_info
+
+    out = Path(args.out)
+    doc: dict[str, Any] = {"datasets": {}}
+    if out.with_suffix(".json").is_file():
+        doc = json.loads(out.with_suffix(".json").read_text())
+    doc["protocol"] = {"budget": BUDGET, "duplicates": DUPLICATES, "noise": NOISE, "batch": BATCH, "mlp": MLP,
+                       "seeds": seeds, "fashion_per_class": args.fashion_per_class}
+    machine = machine_info()
+    for name in [d for d in args.datasets.split(",") if d]:
+        started = time.perf_counter()
         sources = {s: redundant_stream(load_images(name, s, per_class=args.fashion_per_class), s) for s in seeds}
         results: dict[str, Any] = {}
         plan = [(m, METHODS[m], {}) for m in args.methods.split(",")] + [(a, {}, ABLATIONS[a]) for a in ablations]
@@ -287,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"({runs[-1]['seconds']:.1f} s)", flush=True)
             results[label] = {"runs": runs, "mean": mean_of(runs), "experts": expert_use(runs),
                               "config": {"method": method, "overrides": overrides}}
-        doc["datasets"][name] = {"stream_rows": sources[seeds[0]].num_rows, "results": results}
-    doc["seconds"] = time.perf_counter() - started
-    out = Path(args.out)
+        doc["datasets"][name] = {"stream_rows": sources[seeds[0]].num_rows, "results": results,
+                                 "machine": machine, "seconds": time.perf_counter() - started}
+    if args.memory_batches:
+        doc["memory"] = {**memory_run(args.memory_batches), "machine": machine}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     out.with_suffix(".md").write_text(report(doc))
@@ -302,9 +361,11 @@ def report(doc: dict[str, Any]) -> str:
     lines = ["# Adapt-∞ on redundant, imbalanced class streams (`bench/adapt_inf.py`)", "",
              f"Task t brings class 2t with {p['duplicates']} noisy duplicates per training image and class 2t+1 once; "
              f"{p['budget']} selected rows per task end; AvalancheStrategy Naive, MLP d-{p['mlp']['hidden']}-10, "
-             f"{p['mlp']['epochs']} epochs, SGD lr {p['mlp']['lr']}; final model on the held-out rows; means over seeds "
-             f"{p['seeds']}. Training rows = rows through the network (epochs counted). Seconds: wall time of the "
-             "whole run on 2 cores shared with other jobs (inflated, noisy; compare within a table only).", ""]
+             f"{p['mlp']['epochs']} epochs, SGD lr {p['mlp']['lr']}; final model on the held-out rows; means over "
+             f"seeds {p['seeds']}. Training rows = rows through the network (epochs counted); training GFLOP = the learner's "
+             "count (6 x parameters x training rows); CPU s = CPU time of the bench process over the run (selection, "
+             "scoring, training: the primary cost measure, one thread). Wall s: the run's wall time on 2 cores "
+             "shared with other developers' jobs (inflated, noisy; compare within a table only).", ""]
     for name, d in doc["datasets"].items():
         res = d["results"]
         full = res.get("full", {}).get("mean")
@@ -313,6 +374,22 @@ def report(doc: dict[str, Any]) -> str:
         lines += [f"## {name} ({d['stream_rows']} stream rows)", "", *(_table(methods, full)), ""]
         if len(ablations) > 1:
             lines += [f"### {name}: ablations of adapt (one part changed)", "", *(_table(ablations, full)), ""]
+        m = d.get("machine")
+        if m:
+            lines += [f"Run {m.get('date')} at commit {m.get('git_commit')} (uncommitted changes in the tree: "
+                      f"{m.get('git_dirty')}), load average at start {m.get('loadavg_at_start')}, "
+                      f"{d.get('seconds', 0):.0f} s in all.", ""]
+    if "memory" in doc:
+        mem = doc["memory"]
+        lines += [f"## A long stream: pool, snapshot and memory over time (digits, {mem['batches']} batches)", "",
+                  f"The digits stream replayed with offsets running on; a point every {mem['every']} batches, "
+                  f"{mem['budget']} rows each, pool_size {mem['pool_size']}. RSS: the whole bench process "
+                  "(torch, Avalanche, the data).", "",
+                  "| batches | rows seen | pool rows | snapshot bytes | RSS MiB | last point s |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['rows_seen']} | {r['pool_rows']} | {r['snapshot_bytes']} "
+                  f"| {r['rss_mb']:.0f} | {r['point_seconds']:.2f} |" for r in mem["trace"]]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -225,6 +225,32 @@ def test_closed_form_last_layer_gradients_equal_torch_func():
     assert not np.allclose(first, closed, atol=1e-2)
 
 
+def test_grounding_is_the_loss_added_by_zeroing_the_other_modality():
+    """Rows of two modalities (a 3-wide tensor and a scalar): grounding = CE(rows with the
+    ablated column zeroed) - CE(rows), through the strategy's own MLP."""
+    rng = np.random.default_rng(0)
+    a, b, y = rng.normal(size=(30, 3)).astype(np.float32), rng.normal(size=30), rng.integers(0, 3, 30)
+    schema = tf.Schema({"a": tf.Tensor((3,)), "b": "float64", "y": "int64"}, target="y")
+    batch = tf.Batch.from_pydict({"a": tf.tensor_array(a), "b": b, "y": y})
+    strategy = tf.AvalancheStrategy("Naive", n_classes=3, hidden=8, device="cpu")
+    strategy.bind(schema)
+    strategy.learn(batch)
+    sel = AdaptInfinity(budget=10, every=1, clusters=2, projection_dim=8, experts=("loss", "grounding"),
+                        ablate=("a",))
+    scores = sel._score(batch, strategy, True, {}).scores
+
+    def ce(x: np.ndarray) -> np.ndarray:
+        p = softmax(forward(strategy._net, strategy._net[2], x)[0].astype(np.float64))
+        return -np.log(p[np.arange(30), y])
+
+    x = batch.features(["a", "b"], np.float32)
+    ablated = x.copy()
+    ablated[:, :3] = 0.0
+    np.testing.assert_allclose(scores["loss"], ce(x), rtol=1e-5)
+    np.testing.assert_allclose(scores["grounding"], ce(ablated) - ce(x), rtol=1e-4, atol=1e-6)
+    assert np.abs(scores["grounding"]).max() > 1e-3
+
+
 def test_the_expert_choice_bins_on_the_standardised_scale():
     rng = np.random.default_rng(0)
     spread = rng.normal(size=500)
