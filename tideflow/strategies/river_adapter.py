@@ -69,11 +69,15 @@ Only a rise of the error is a drift to react to
     ``predict``) the rows are predicted once more, so the cost of the policy is one
     extra prediction per row at most, and a second model's prediction and update per
     row while a background model runs. ``"ignore"`` costs nothing.
+Per-event learning (``per_event=True``)
+    Every row of a batch predicted by the model that has learned the rows before it, as
+    River's ``progressive_val_score`` does: `tideflow.strategies.river_per_event`.
 State
     The background model, the error record, a drift waiting for its decision and the
     counters (`COUNTERS`: ``resets``, ``swaps``, ``background_starts``,
     ``backgrounds_dropped``, ``events_ignored``, ``drifts_dismissed``) are part of the
-    snapshot, so a restored strategy goes on exactly as the original would.
+    snapshot, so a restored strategy goes on exactly as the original would (with
+    ``per_event=True`` also whether a label delay turned the per-event pass off).
 
 >>> from river import linear_model, preprocessing
 >>> from tideflow.stream.batch import Batch
@@ -102,6 +106,7 @@ from tideflow.stream.batch import Batch
 from tideflow.stream.events import DriftEvent
 from tideflow.stream.state import from_plain, to_plain
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
+from tideflow.strategies.river_per_event import PerEventMixin, errors_of, is_missing
 
 __all__ = ["DRIFT_POLICIES", "REACT_TO", "RiverStrategy"]
 
@@ -110,27 +115,17 @@ DRIFT_POLICIES = ("background", "reset", "ignore")
 #: which events the policy reacts to
 REACT_TO = ("own", "any")
 
+#: batches of at most this many rows are converted column by column (cheaper for few rows)
+SMALL_BATCH = 32
+
 #: what the strategy counts about drift (snapshotted, module docstring)
 COUNTERS = ("resets", "swaps", "background_starts", "backgrounds_dropped", "events_ignored", "drifts_dismissed")
-
-def _errors(problem: str, preds: list[Any], ys: list[Any], use: list[int]) -> np.ndarray:
-    """The engine's per-row error of rows ``use``: 0/1 misclassified (no prediction is wrong), or
-    the absolute error (no prediction counts as 0.0, as ``predict`` answers it)."""
-    if problem == "classification":
-        return np.fromiter((0.0 if preds[i] is not None and preds[i] == ys[i] else 1.0 for i in use),
-                           dtype=np.float64, count=len(use))
-    p = np.fromiter((0.0 if preds[i] is None else preds[i] for i in use), dtype=np.float64, count=len(use))
-    return np.abs(p - np.fromiter((ys[i] for i in use), dtype=np.float64, count=len(use)))
 
 
 def _is_classifier(estimator: Any) -> bool:
     from river import base
 
     return isinstance(estimator, base.Classifier)
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 class _ErrorRecord:
@@ -200,7 +195,7 @@ class _Background:
         return bkg
 
 
-class RiverStrategy(Strategy):
+class RiverStrategy(PerEventMixin, Strategy):
     """Adapter over a River estimator (regressor or classifier); see the module docstring.
 
     Args:
@@ -210,6 +205,9 @@ class RiverStrategy(Strategy):
         features: feature columns (default: the schema's features).
         drift_policy: ``"background"``, ``"reset"`` or ``"ignore"``: what a drift does.
         react_to: ``"own"`` (the learn step's error detector only) or ``"any"`` event.
+        per_event: predict each row of a batch with the model that has learned the rows
+            before it (River's progressive validation inside a batch of any size); False
+            (default): every row with the model from before the batch.
     """
 
     #: rows of recent error the rise test compares with the model's earlier error
@@ -224,7 +222,7 @@ class RiverStrategy(Strategy):
     DUEL_ROWS = 5 * RECENT_ROWS
 
     def __init__(self, estimator: Any, *, target: str | None = None, features: list[str] | None = None,
-                 drift_policy: str = "background", react_to: str = "own") -> None:
+                 drift_policy: str = "background", react_to: str = "own", per_event: bool = False) -> None:
         if drift_policy not in DRIFT_POLICIES:
             raise ValueError(f"drift_policy must be one of {DRIFT_POLICIES}, got {drift_policy!r}")
         if react_to not in REACT_TO:
@@ -234,6 +232,7 @@ class RiverStrategy(Strategy):
         self.features = list(features) if features is not None else None
         self.drift_policy = drift_policy
         self.react_to = react_to
+        self.per_event = bool(per_event)
         # a copy, not River's clone(): clone() rebuilds from the parameters and would drop
         # what a warm-started estimator learned (for a fresh estimator the two are the same)
         self._model = copy.deepcopy(estimator)
@@ -252,6 +251,13 @@ class RiverStrategy(Strategy):
         self._own_event = False
         # bumped whenever the active model changes: cached predictions of an older one are stale
         self._version = 0
+        # per_event: the pass `predict` made, waiting for `learn` of the same rows; the newest
+        # offset seen per stream (a pass is for rows after it); the rows whose per-class scores
+        # were asked for last (a held-out evaluation); why the pass is off (None: it is on)
+        self._pass = None
+        self._newest: dict[str, int] = {}
+        self._scored: tuple[str, np.ndarray] | None = None
+        self.per_event_off: str | None = None
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -261,6 +267,15 @@ class RiverStrategy(Strategy):
         return {"estimator": preprocessing.StandardScaler() | linear_model.LinearRegression(), "react_to": "any"}
 
     # -- rows ------------------------------------------------------------------------
+    def _check_columns(self, batch: Batch, need_target: bool) -> None:
+        # the base class's check reads the batch's column names once per column; this one
+        # once per batch, and hands every failure to the base class for its message
+        if self.target is not None and self.features is not None:
+            have = set(batch.data.schema.names)
+            if all(f in have for f in self.features) and (not need_target or self.target in have):
+                return
+        super()._check_columns(batch, need_target)
+
     def _rows(self, batch: Batch) -> list[dict[str, Any]]:
         """The batch's feature rows as River dicts, a missing value's key left out.
 
@@ -273,13 +288,24 @@ class RiverStrategy(Strategy):
         cached = getattr(self, "_row_cache", None)
         if cached is not None and cached[0] is batch.data and cached[1] == self.features:
             return cached[2]
-        table = batch.data.select(self.features)
-        rows = table.to_pylist()
-        gaps = [name for name, col in zip(self.features, table.columns) if _has_missing(col)]
+        names = self.features
+        data = batch.data
+        if not names:
+            rows: list[dict[str, Any]] = [{} for _ in range(data.num_rows)]
+            columns: list[pa.Array] = []
+        elif data.num_rows <= SMALL_BATCH:
+            # few rows: per-column lists zipped into dicts cost less than a table's to_pylist
+            columns = [data.column(name) for name in names]
+            rows = [dict(zip(names, values)) for values in zip(*[col.to_pylist() for col in columns])]
+        else:
+            table = data.select(names)
+            rows = table.to_pylist()
+            columns = table.columns
+        gaps = [name for name, col in zip(names, columns) if _has_missing(col, rows, name)]
         if gaps:
             for row in rows:
                 for name in gaps:
-                    if _is_missing(row[name]):
+                    if is_missing(row[name]):
                         del row[name]
         self._row_cache = (batch.data, list(self.features), rows)
         return rows
@@ -307,9 +333,32 @@ class RiverStrategy(Strategy):
         # everything is converted before the first learn_one (module docstring)
         rows = self._rows(batch)
         ys = batch.column(self.target).to_pylist()
-        use = [i for i, y in enumerate(ys) if not _is_missing(y)]
+        use = [i for i, y in enumerate(ys) if not is_missing(y)]
+        per_event = self._per_event_on()
+        if per_event:
+            last = int(batch.offsets[-1])
+            self._newest[batch.stream_id] = max(last, self._newest.get(batch.stream_id, last))
+        if per_event and len(batch) > 1:
+            done = self._learn_per_event(batch, rows, ys, use)
+        else:
+            # one row: predicted by the model from before it either way
+            done = self._learn_batch(batch, rows, ys, use)
+        report = StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start)
+        if len(use) < len(batch):
+            report.skipped["null_target"] = len(batch) - len(use)
+        if self.per_event:
+            report.extra["per_event_rows"] = done if per_event else 0
+        return report
+
+    def _learn_batch(self, batch: Batch, rows: list[dict[str, Any]], ys: list[Any], use: list[int]) -> int:
+        """The default mode's learning (module docstring): errors and a waiting drift decided on
+        the batch's predictions, then every labelled row learned; returns the rows learned."""
         if self.drift_policy != "ignore" and use:
             self._record_errors(batch, rows, ys, use)
+        return self._learn_rows(batch, rows, ys, use)
+
+    def _learn_rows(self, batch: Batch, rows: list[dict[str, Any]], ys: list[Any], use: list[int]) -> int:
+        """``learn_one`` of rows ``use`` by the active model (and the background one)."""
         learn_one = self._model.learn_one
         background = None if self._background is None else self._background.model
         done = 0  # rows the active model has learned
@@ -328,24 +377,32 @@ class RiverStrategy(Strategy):
                 f"RiverStrategy: learning failed on the row at offset {int(batch.offsets[i])}; the active "
                 f"model had learned {done} of the batch's {len(use)} learnable rows (those stay learned, "
                 f"the rest were not): {type(exc).__name__}: {exc}") from exc
+        self._learned(done)
+        return done
+
+    def _learned(self, done: int) -> None:
         self.n_learned += done
         self._version += 1
         if self._background is not None:
             self._background.rows += done
-        report = StepReport(samples=len(batch), fits=1, train_seconds=time.perf_counter() - start)
-        if len(use) < len(batch):
-            report.skipped["null_target"] = len(batch) - len(use)
-        return report
 
     def _record_errors(self, batch: Batch, rows: list[dict[str, Any]], ys: list[Any], use: list[int]) -> None:
         """Add the active model's errors on the rows about to be learned, deciding a waiting
         drift at the row of its offset, and let a background model take over once it predicts
         better (module docstring)."""
-        errors = _errors(self.problem, self._predictions(batch, rows), ys, use)
-        challenger = self._background
-        if challenger is not None:
-            rival = _errors(self.problem, _predict_rows(challenger.model, rows, batch, "the background model"),
+        errors = errors_of(self.problem, self._predictions(batch, rows), ys, use)
+        rival = None
+        if self._background is not None:
+            rival = errors_of(self.problem, _predict_rows(self._background.model, rows, batch, "the background model"),
                             ys, use)
+        self._account(batch, use, errors, rival)
+
+    def _account(self, batch: Batch, use: list[int], errors: np.ndarray, rival: np.ndarray | None) -> None:
+        """The errors of rows ``use`` (and the background model's, ``rival``) into the record and
+        the duel; a waiting drift decided at the row of its offset; a background model that
+        predicts better takes over, one that never did is dropped (module docstring)."""
+        challenger = self._background
+        if challenger is not None and rival is not None:
             challenger.duel.extend((errors - rival).tolist())
         pending = self._pending
         if pending is not None:
@@ -370,10 +427,12 @@ class RiverStrategy(Strategy):
         if not len(batch):
             return pa.array([], type=pa.int64() if self.problem == "classification" else pa.float64())
         self._check_columns(batch, need_target=False)
-        predict_one = self._model.predict_one
-        preds = [predict_one(x) for x in self._rows(batch)]
-        if self.drift_policy != "ignore":
-            self._pred_cache = (self._version, batch.stream_id, batch.offsets.copy(), preds)
+        preds = self._per_event_predictions(batch) if self._per_event_on() and len(batch) > 1 else None
+        if preds is None:
+            predict_one = self._model.predict_one
+            preds = [predict_one(x) for x in self._rows(batch)]
+            if self.drift_policy != "ignore":
+                self._pred_cache = (self._version, batch.stream_id, batch.offsets.copy(), preds)
         if self.problem == "classification":
             return pa.array(preds)
         return pa.array([float(p) if p is not None else 0.0 for p in preds], type=pa.float64())
@@ -381,6 +440,9 @@ class RiverStrategy(Strategy):
     def predict_scores(self, batch: Batch) -> ClassScores:
         """River's ``predict_proba_one`` per row; the classes are every label any row has a
         probability for (sorted), a missing one scoring 0."""
+        if self.per_event:
+            # what the engine's held-out evaluation asks for first: those rows get no per-event pass
+            self._scored = (batch.stream_id, batch.offsets)
         if self.problem != "classification":
             raise NotImplementedError("per-class scores are for classifiers; this estimator is a regressor")
         self._check_columns(batch, need_target=False)
@@ -452,6 +514,8 @@ class RiverStrategy(Strategy):
         # a batch's rows and predictions are no part of the strategy
         state.pop("_row_cache", None)
         state.pop("_pred_cache", None)
+        state["_pass"] = None
+        state["_scored"] = None
         return state
 
     def snapshot(self) -> dict[str, Any]:
@@ -462,6 +526,8 @@ class RiverStrategy(Strategy):
             "errors": self._errors.to_plain(),
             "pending": None if self._pending is None else self._pending.to_dict(),
             **{name: getattr(self, name) for name in COUNTERS},
+            # only with per_event, so that the default's snapshots keep their keys
+            **({"per_event_off": self.per_event_off, "newest": dict(self._newest)} if self.per_event else {}),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -474,12 +540,24 @@ class RiverStrategy(Strategy):
         self._pending = None if pending is None else DriftEvent(**pending)
         for name in COUNTERS:
             setattr(self, name, int(state.get(name, 0)))
+        self.per_event_off = state.get("per_event_off")
+        self._pass = None
+        self._newest = {str(k): int(v) for k, v in (state.get("newest") or {}).items()}
         self._version += 1
+
+    def params(self) -> dict[str, Any]:
+        # per_event only when set: the default leaves every existing graph's parameters, and
+        # so its fingerprint (checkpoints are valid for the same graph only), as they were
+        out = super().params()
+        if not self.per_event:
+            out.pop("per_event", None)
+        return out
 
     def describe(self) -> str:
         policy = "" if (self.drift_policy, self.react_to) == ("background", "own") else \
             f", drift_policy={self.drift_policy!r}, react_to={self.react_to!r}"
-        return f"RiverStrategy({self.estimator}{policy})"
+        mode = ", per_event=True" if self.per_event else ""
+        return f"RiverStrategy({self.estimator}{policy}{mode})"
 
 
 def _predict_rows(model: Any, rows: list[dict[str, Any]], batch: Batch, who: str) -> list[Any]:
@@ -497,8 +575,13 @@ def _predict_rows(model: Any, rows: list[dict[str, Any]], batch: Batch, who: str
     return out
 
 
-def _has_missing(col: pa.ChunkedArray | pa.Array) -> bool:
-    """Whether a column holds a null, or a NaN if it is a float column."""
+def _has_missing(col: pa.Array, rows: list[dict[str, Any]], name: str) -> bool:
+    """Whether a column holds a null, or a NaN if it is a float column (``rows``: the column's
+    values already converted, under ``name``, which few rows are checked in)."""
     if col.null_count:
         return True
-    return pa.types.is_floating(col.type) and bool(pc.any(pc.is_nan(col)).as_py())
+    if not pa.types.is_floating(col.type):
+        return False
+    if len(rows) <= SMALL_BATCH:
+        return any(r[name] != r[name] for r in rows)  # NaN is the one value unequal to itself
+    return bool(np.isnan(col.to_numpy(zero_copy_only=False)).any())
