@@ -382,3 +382,20 @@ def test_a_strategy_without_a_model_is_scored_by_the_proxy_or_refused():
     summary = result.summary["nb"]
     assert summary["rows_scored"] == 160 and summary["errors"] == 2
     assert "exposes no torch module" in summary["first_error"]
+
+
+def test_a_strategy_whose_module_cannot_run_on_the_rows_alone_is_scored_by_the_proxy():
+    """SparseTraining keeps its masked MLP in a torch module without forward() (it needs the
+    task's masks and head): the selector falls back to its proxy through the engine, with no
+    error on any batch; model='strategy' names why it refuses."""
+    source = _first_tasks(BENCH.redundant_stream(BENCH.load_images("digits", 0), 0), 2)
+    params = tf.SparseTraining._unit_test_params() | {"n_classes": 10}
+    sel = AdaptInfinity(budget=40, every=2, clusters=3, projection_dim=8, proxy_epochs=1)
+    result = (tf.Pipeline("masked").source(source).learn(tf.SparseTraining(**params), name="dst", select=sel)
+              .run(tracking=False, progress=False))
+    summary = result.summary["dst"]
+    assert summary["errors"] == 0, summary["first_error"]
+    assert summary["extra"]["select.selected"] > 0 and summary["extra"]["select.proxy"] >= 1
+    strategy = result.strategies["dst"]
+    with pytest.raises(SelectionError, match="cannot be called on the rows' features"):
+        AdaptInfinity(budget=20, every=1, model="strategy").select(source.batches_[0], strategy)

@@ -7,11 +7,12 @@ changing it, and computes the sample vectors:
 
 * **The strategy's model.** A strategy may expose it through a public ``scoring_module()``
   method; otherwise the ``_net`` attribute the torch strategies of this project build is read.
-  It is usable when it is a ``torch.nn.Module`` whose **last** ``nn.Linear`` layer produces the
-  module's output (a classifier head): its input is the penultimate representation ``h``, its
-  output the logits. That is checked on every forward pass (a hook compares the layer's output
-  with the module's), so a model of another form (prototypes, a key-value bottleneck, a
-  projection head) is never misread: it falls back to the proxy. The module is run in eval
+  It is usable when it is a ``torch.nn.Module`` that can be called on the rows' features alone
+  and whose **last** ``nn.Linear`` layer produces the module's output (a classifier head): its
+  input is the penultimate representation ``h``, its output the logits. That is checked on
+  every forward pass (a hook compares the layer's output with the module's), so a model of
+  another form (prototypes, a key-value bottleneck, a projection head, a container of masked
+  weights without ``forward``) is never misread: it falls back to the proxy. The module is run in eval
   mode under ``no_grad`` (its mode is put back), its parameters are never touched.
 * **The proxy** (`Proxy`): inputs standardised with the statistics of the rows it first saw,
   one hidden layer, a softmax output that grows when new classes appear (old rows of the
@@ -77,7 +78,16 @@ def forward(net: Any, last: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     try:
         with torch.no_grad():
             for start in range(0, len(x), FORWARD_CHUNK):
-                out = net(torch.from_numpy(np.ascontiguousarray(x[start:start + FORWARD_CHUNK])).to(device))
+                rows = torch.from_numpy(np.ascontiguousarray(x[start:start + FORWARD_CHUNK])).to(device)
+                try:
+                    out = net(rows)
+                except torch.cuda.OutOfMemoryError:
+                    raise  # a resource fault, not a model of another form: the engine counts it
+                except (NotImplementedError, TypeError, RuntimeError) as exc:
+                    # a container without forward(), a forward that wants more than the rows
+                    # (task ids, masks), or another input width: not a module the selector can run
+                    raise NoModel(f"{type(net).__name__} cannot be called on the rows' features "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
                 if not isinstance(out, torch.Tensor) or out.dim() != 2 or "out" not in seen or not (
                         seen["out"] is out or (seen["out"].shape == out.shape and torch.equal(seen["out"], out))):
                     raise NoModel(f"the last Linear layer of {type(net).__name__} does not produce its output "
