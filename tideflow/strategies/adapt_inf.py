@@ -17,8 +17,10 @@ a drift event: ``every=``):
    gradient of the cross-entropy with respect to the last layer in closed form, or of chosen
    parameters through ``torch.func`` (``layers=``), randomly projected to ``projection_dim``
    and L2-normalised.
-2. **Pseudo-skills**: k-means with ``clusters`` clusters on the vectors (seeded; each point
-   starts from the last point's centroids, so that cluster j stays the same skill).
+2. **Pseudo-skills**: k-means with ``clusters`` clusters on the vectors, fitted afresh at each
+   point (seeded by ``seed`` and the point's number): the vectors are gradients of the model of
+   the moment, which has learned since the last point, so last point's centroids do not
+   describe them; cluster j of one point is not cluster j of the next.
 3. **Experts** score every row (loss, EL2N, entropy, gradient norm; input-ablation grounding
    for rows with two modalities, ``ablate=`` naming the columns zeroed); per cluster the expert
    whose standardised score histogram has the highest entropy is used.

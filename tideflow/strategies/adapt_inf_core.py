@@ -156,8 +156,8 @@ def pseudo_skills(vectors: np.ndarray, k: int, seed: int,
                   init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cluster labels (0 .. k'-1) and centroids of k-means on ``vectors`` (module docstring).
 
-    ``init``: centroids to start from (the last selection point's), used when their number and
-    width fit, so that cluster j names the same pseudo-skill from one point to the next."""
+    ``init``: centroids to start from, used when their number and width fit (AdaptInfinity
+    passes none: its vectors change with the model between points, see its docstring)."""
     n = len(vectors)
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, vectors.shape[1]), dtype=np.float32)
