@@ -138,6 +138,69 @@ def _cast_rowwise(col: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndar
     return pa.array(out, type=target), failed
 
 
+class _Marks:
+    """Which rows of a batch are bad, each with the first reason found (a later check never
+    overwrites it). The reason and detail arrays are made at the first marked row, so a clean
+    batch builds none."""
+
+    __slots__ = ("bad", "_reason", "_detail")
+
+    def __init__(self, n: int) -> None:
+        self.bad = np.zeros(n, dtype=bool)
+        self._reason: np.ndarray | None = None
+        self._detail: np.ndarray | None = None
+
+    @property
+    def reason(self) -> np.ndarray:
+        if self._reason is None:
+            self._reason = np.empty(len(self.bad), dtype=object)
+        return self._reason
+
+    @property
+    def detail(self) -> np.ndarray:
+        if self._detail is None:
+            self._detail = np.empty(len(self.bad), dtype=object)
+        return self._detail
+
+    def mark(self, mask: np.ndarray, why: str, what: str) -> None:
+        if not mask.any():
+            return
+        new = mask & ~self.bad
+        self.reason[new] = why
+        self.detail[new] = what
+        self.bad |= mask
+
+
+class _Plan:
+    """How `Validate` checks batches of one column layout (``in_schema``): the declared columns
+    missing from it, the undeclared ones in it, where each declared column is (its index, or
+    its name where the layout holds the name twice, so that the lookup fails as it always
+    did), and which ones need the finiteness check."""
+
+    __slots__ = ("schema", "in_schema", "missing", "extra", "fields", "offset_index", "out_schema")
+
+    def __init__(self, schema: Schema, in_schema: pa.Schema) -> None:
+        self.schema = schema
+        self.in_schema = in_schema
+        names = in_schema.names
+        have = set(names)
+        self.missing = [f for f in schema.fields if f not in have]
+        self.extra = sorted(have - set(schema.fields) - {OFFSET})
+        self.fields: list[tuple[str, Any, int | str, bool]] = []
+        for fname, fld in schema.fields.items():
+            if fname not in have:
+                continue
+            value_type = fld.type.value_type if is_tensor_type(fld.type) else fld.type
+            check = not fld.allow_nonfinite and pa.types.is_floating(value_type)
+            self.fields.append((fname, fld, _where(names, fname), check))
+        self.offset_index = _where(names, OFFSET)
+        self.out_schema = schema.arrow_schema()
+
+
+def _where(names: list[str], name: str) -> int | str:
+    return names.index(name) if names.count(name) == 1 else name
+
+
 class Validate(Operator):
     """Check batches against a schema; quarantine what does not fit (see module docstring).
 
@@ -195,6 +258,7 @@ class Validate(Operator):
         # stream id -> key value -> newest accepted time, as the number `_time_numbers` reads
         self._newest: dict[str, dict[Any, int | float]] = {}
         self._pending: list[pa.Table] = []
+        self._plan_cache: _Plan | None = None
 
     @classmethod
     def _unit_test_params(cls) -> dict[str, Any]:
@@ -207,36 +271,34 @@ class Validate(Operator):
         c.update(reasons)
         self.counts = dict(c)
 
+    def _plan(self, in_schema: pa.Schema) -> _Plan:
+        """What ``process`` does with a batch of this column layout (kept for the next batch
+        with the same layout: a stream's batches almost always share it)."""
+        plan = self._plan_cache
+        if plan is None or plan.schema is not self.schema or not plan.in_schema.equals(in_schema):
+            plan = self._plan_cache = _Plan(self.schema, in_schema)
+        return plan
+
     def process(self, batch: Batch) -> Batch | None:
         n = len(batch)
         self.rows_in += n
         if n == 0:
             return batch
-        bad = np.zeros(n, dtype=bool)
-        reason = np.empty(n, dtype=object)
-        detail = np.empty(n, dtype=object)
+        data = batch.data
+        plan = self._plan(data.schema)
+        marks = _Marks(n)
+        mark = marks.mark
 
-        def mark(mask: np.ndarray, why: str, what: str) -> None:
-            new = mask & ~bad
-            reason[new] = why
-            detail[new] = what
-            bad[mask] = True
-
-        names = set(batch.column_names)
-        missing = [f for f in self.schema.fields if f not in names]
-        extra = sorted(names - set(self.schema.fields) - {OFFSET})
-        if missing:
-            mark(np.ones(n, dtype=bool), "missing_field", ",".join(missing))
-        if extra and self.extra == "quarantine":
-            mark(np.ones(n, dtype=bool), "extra_field", ",".join(extra))
-        elif extra:
-            self._count(["extra_field_dropped"] * len(extra))
+        if plan.missing:
+            mark(np.ones(n, dtype=bool), "missing_field", ",".join(plan.missing))
+        if plan.extra and self.extra == "quarantine":
+            mark(np.ones(n, dtype=bool), "extra_field", ",".join(plan.extra))
+        elif plan.extra:
+            self._count(["extra_field_dropped"] * len(plan.extra))
 
         columns: dict[str, pa.Array] = {}
-        for fname, fld in self.schema.fields.items():
-            if fname not in names:
-                continue
-            col = batch.column(fname)
+        for fname, fld, index, check_finite in plan.fields:
+            col = data.column(index) if isinstance(index, int) else batch.column(index)
             if is_tensor_type(fld.type):
                 if not is_tensor_type(col.type) or list(col.type.shape) != list(fld.type.shape):
                     mark(np.ones(n, dtype=bool), "wrong_shape", f"{fname}: {col.type} != {fld.type}")
@@ -244,7 +306,7 @@ class Validate(Operator):
                 if col.type.value_type != fld.type.value_type:
                     arr = col.to_numpy_ndarray().astype(fld.type.value_type.to_pandas_dtype())
                     col = pa.FixedShapeTensorArray.from_numpy_ndarray(arr)
-                if not fld.allow_nonfinite and pa.types.is_floating(fld.type.value_type):
+                if check_finite:
                     values = col.to_numpy_ndarray().reshape(n, -1)
                     mark(np.isnan(values).any(axis=1), "nan", fname)
                     mark(np.isinf(values).any(axis=1), "inf", fname)
@@ -256,64 +318,89 @@ class Validate(Operator):
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
                     col, failed = _cast_rowwise(col, fld.type)
                     mark(failed, "wrong_type", f"{fname}: not {fld.type}")
-            if not fld.nullable and col.null_count:
+            nulls = col.null_count
+            if nulls and not fld.nullable:
                 mark(col.is_null().to_numpy(zero_copy_only=False), "null", fname)
-            if pa.types.is_floating(fld.type) and not fld.allow_nonfinite:
+            if check_finite:
                 values = col.to_numpy(zero_copy_only=False)
-                with np.errstate(invalid="ignore"):
-                    mark(np.isnan(values) & ~col.is_null().to_numpy(zero_copy_only=False), "nan", fname)
-                    mark(np.isinf(values), "inf", fname)
+                # a finite sum means every value is finite (NaN and inf both poison a sum); the
+                # rare sum that overflows on finite values only takes the exact path below
+                if nulls or not math.isfinite(values.sum()):
+                    with np.errstate(invalid="ignore"):
+                        nan = np.isnan(values)
+                        if nulls:
+                            nan &= ~col.is_null().to_numpy(zero_copy_only=False)
+                        mark(nan, "nan", fname)
+                        mark(np.isinf(values), "inf", fname)
             columns[fname] = col
 
         if self.check_offsets:
-            # offsets at or below the mark are either redeliveries (seen: duplicate) or
-            # late events (never seen: out of order); a window of recent offsets tells which
-            recent = self._recent.setdefault(batch.stream_id, deque(maxlen=self.offset_window))
-            recent_set = set(recent)
-            running = self._last_offset.get(batch.stream_id)
-            for i, off in enumerate(batch.offsets.tolist()):
-                if off in recent_set:
-                    mark(_one(n, i), "duplicate_offset", str(off))
-                    continue
-                if running is not None and off < running:
-                    mark(_one(n, i), "out_of_order_offset", f"{off} < {running}")
-                else:
-                    # a row quarantined for its content still consumed its offset: a
-                    # redelivery of that offset is a duplicate, not a second chance
-                    running = off
-                recent.append(off)
-                recent_set.add(off)
-            if running is not None:
-                self._last_offset[batch.stream_id] = running
+            self._check_offsets(batch, marks)
 
         tname = self.schema.time
         if tname is not None and self.time_order != "off" and tname in columns:
-            late, why = self._late_rows(batch, columns, bad)
+            late, why = self._late_rows(batch, columns, marks.bad)
             if late.any():
                 if self.time_order == "quarantine":
                     # late rows passed every other check, so this is their only reason
                     for i, text in why.items():
-                        reason[i] = "time_out_of_order"
-                        detail[i] = text
-                    bad |= late
+                        marks.reason[i] = "time_out_of_order"
+                        marks.detail[i] = text
+                    marks.bad |= late
                 else:
                     self._count(["time_out_of_order_kept"] * int(late.sum()))
 
-        if bad.any():
+        bad = marks.bad
+        any_bad = bool(bad.any())
+        if any_bad:
             idx = np.flatnonzero(bad)
             self._pending.append(
-                quarantine_table(batch, idx, list(reason[idx]), list(detail[idx]), self.name)
+                quarantine_table(batch, idx, list(marks.reason[idx]), list(marks.detail[idx]), self.name)
             )
-            self._count(list(reason[idx]))
-        good = ~bad
-        if not good.any():
-            return None
-        ordered = [batch.column(OFFSET)] + [columns[f] for f in self.schema.fields]
-        data = pa.RecordBatch.from_arrays(ordered, schema=self.schema.arrow_schema())
-        if bad.any():
-            data = data.filter(pa.array(good))
-        self.rows_out += data.num_rows
-        return Batch(data, batch.stream_id, batch.end_of_task)
+            self._count(list(marks.reason[idx]))
+            if len(idx) == n:
+                return None
+        where = plan.offset_index
+        offsets = data.column(where) if isinstance(where, int) else batch.column(OFFSET)
+        ordered = [offsets] + [columns[f] for f in self.schema.fields]
+        out = pa.RecordBatch.from_arrays(ordered, schema=plan.out_schema)
+        if any_bad:
+            out = out.filter(pa.array(~bad))
+        self.rows_out += out.num_rows
+        return Batch(out, batch.stream_id, batch.end_of_task)
+
+    def _check_offsets(self, batch: Batch, marks: _Marks) -> None:
+        """Quarantine duplicate and late offsets (module docstring). Offsets at or below the
+        running mark are either redeliveries (seen: duplicate) or late events (never seen: out
+        of order); a window of recent offsets tells which."""
+        recent = self._recent.setdefault(batch.stream_id, deque(maxlen=self.offset_window))
+        running = self._last_offset.get(batch.stream_id)
+        offsets = batch.offsets
+        # Every remembered offset is at most the running mark (an offset is remembered either
+        # as the new mark or as a late one below it). So a batch whose offsets rise strictly
+        # and start above the mark holds neither a duplicate nor a late offset: it only
+        # moves the mark and the window, with no per-row work.
+        if (running is None or int(offsets[0]) > running) and (len(offsets) < 2 or
+                                                               bool((offsets[1:] > offsets[:-1]).all())):
+            recent.extend(offsets[-self.offset_window:].tolist() if self.offset_window else ())
+            self._last_offset[batch.stream_id] = int(offsets[-1])
+            return
+        n = len(offsets)
+        recent_set = set(recent)
+        for i, off in enumerate(offsets.tolist()):
+            if off in recent_set:
+                marks.mark(_one(n, i), "duplicate_offset", str(off))
+                continue
+            if running is not None and off < running:
+                marks.mark(_one(n, i), "out_of_order_offset", f"{off} < {running}")
+            else:
+                # a row quarantined for its content still consumed its offset: a
+                # redelivery of that offset is a duplicate, not a second chance
+                running = off
+            recent.append(off)
+            recent_set.add(off)
+        if running is not None:
+            self._last_offset[batch.stream_id] = running
 
     def _late_rows(self, batch: Batch, columns: dict[str, pa.Array], bad: np.ndarray
                    ) -> tuple[np.ndarray, dict[int, str]]:
@@ -323,18 +410,12 @@ class Validate(Operator):
         tcol = columns[self.schema.time]  # type: ignore[index]
         times = _time_numbers(tcol)
         eligible = ~bad & tcol.is_valid().to_numpy(zero_copy_only=False)
-        if self.schema.key is not None and self.schema.key in columns:
-            keys = [_plain_key(k) for k in columns[self.schema.key].to_pylist()]
-        else:
-            keys = [None] * n
-        groups: dict[Any, list[int]] = {}
-        for i in np.flatnonzero(eligible).tolist():
-            groups.setdefault(keys[i], []).append(i)
+        kcol = columns.get(self.schema.key) if self.schema.key is not None else None
+        groups = _key_groups(kcol, np.flatnonzero(eligible))
         newest = self._newest.setdefault(batch.stream_id, {})
         late = np.zeros(n, dtype=bool)
         why: dict[int, str] = {}
-        for key, rows in groups.items():
-            idx = np.asarray(rows, dtype=np.int64)
+        for key, idx in groups.items():
             values = times[idx]
             # the newest time before each row: the key's newest so far, then the running
             # maximum of this batch's rows (late rows are below it, so they never raise it)
@@ -420,6 +501,38 @@ def _plain_key(value: Any) -> Any:
     if value is None or type(value) in (str, int, float, bool, bytes):
         return value
     return str(value)
+
+
+def _key_groups(col: pa.Array | None, rows: np.ndarray) -> dict[Any, np.ndarray]:
+    """Row indices ``rows`` (ascending) grouped by their key (`_plain_key` of their value in
+    ``col``; one group, key None, without a key column): each group ascending, the groups in
+    the order of their first row."""
+    if not len(rows):
+        return {}
+    if col is None:
+        return {None: rows}
+    try:
+        encoded = pc.dictionary_encode(col)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        # a key type Arrow cannot hash: the values themselves, row by row
+        keys = col.to_pylist()
+        by_key: dict[Any, list[int]] = {}
+        for i in rows.tolist():
+            by_key.setdefault(_plain_key(keys[i]), []).append(i)
+        return {k: np.asarray(v, dtype=np.int64) for k, v in by_key.items()}
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)[rows]
+    order = np.argsort(codes, kind="stable")  # stable: each group keeps its rows ascending
+    parts = np.split(rows[order], np.flatnonzero(np.diff(codes[order])) + 1)
+    values = encoded.dictionary.to_pylist()
+    groups: dict[Any, np.ndarray] = {}
+    for part in sorted(parts, key=lambda p: int(p[0])):
+        code = int(codes[np.searchsorted(rows, part[0])])
+        key = None if code < 0 else _plain_key(values[code])
+        if key in groups:  # two Arrow values with one plain key (0.0 and -0.0, say): one group
+            groups[key] = np.sort(np.concatenate([groups[key], part]))
+        else:
+            groups[key] = part
+    return groups
 
 
 def _one(n: int, i: int) -> np.ndarray:
