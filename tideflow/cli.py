@@ -145,7 +145,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"--set takes key=value, got {legacy[0]!r}")
         settings["set"] = legacy[0]
     if args.experiment_name == "images":
-        from tideflow.pipelines.ready.images import compare as compare_images
+        from tideflow.pipelines.ready.images_compare import compare as compare_images
 
         out = Path(args.out or "results/images")
         doc = compare_images(**settings, jobs=args.jobs, out=out, runner=args.runner)
@@ -356,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a comparison option (repeatable): linkload: topology, scenario, seed, set (full or "
-                        "default), strategies, failures, ...; nowcast: window, features, seed")
+                        "default), strategies, failures, ...; nowcast: window, features, seed; images: methods, seeds, "
+                        "inputs, scenarios, epochs, ..., merge (true: run only these methods and add their runs to "
+                        "the --out comparison's file)")
     p.add_argument("--source", default=None,
                    help="nowcast: run on this recording or source spec instead of the weather feed")
     p.add_argument("--normalisation", default="global", choices=("global", "window"))

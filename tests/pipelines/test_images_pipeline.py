@@ -5,7 +5,8 @@ what it refuses, a run on the local runner and the same on a real local Ray with
 metrics, a Ray run stopped part-way and resumed from its checkpoint folder to the same final
 accuracy matrix, the iid bound's shuffled stream, a stream that is not images (a table's rows
 as tasks), a recording replayed through the command, and the comparison on a tiny protocol
-writing its JSON and Markdown.
+writing its JSON and Markdown, SparseTraining and EAR as learners of the pipeline, and a second
+comparison merged into the first's file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 
 import tideflow as tf
 from tideflow.cli import main
-from tideflow.pipelines.ready.images import PROTOCOL, build, compare, iid_source
+from tideflow.pipelines.ready.images import PROTOCOL, build, dst_steps_per_task, iid_source
+from tideflow.pipelines.ready.images_compare import compare
 
 #: the small stream of these tests: split digits with the task id in every row (so that both
 #: class-IL and task-IL metrics exist), 5 tasks of 2 classes, 17 batches
@@ -42,7 +44,7 @@ def local_run() -> tf.RunResult:
 def test_show_prints_the_graph_and_every_option(capsys: Any) -> None:
     assert main(["show", "images"]) == 0
     out = capsys.readouterr().out
-    for step in ("naive", "replay", "ewc", "lwf", "prd", "dkvb"):
+    for step in ("naive", "replay", "ewc", "lwf", "prd", "dkvb", "dst", "ear"):
         assert f"learn     {step}" in out
     assert "options (--set key=value):" in out
     for option in ("dataset:", "split:", "encoder:", "strategies:", "epochs:", "train_per_class:", "num_gpus:"):
@@ -148,12 +150,27 @@ def test_a_table_of_other_data_runs_as_tasks() -> None:
                                     stream_id="held") for t in range(3)}
     unlabeled = tf.Batch.from_pydict({"x": tf.tensor_array(x[~test])}, stream_id="table")
     src = tf.MemorySource(batches, schema, held_out=held, unlabeled=unlabeled)
-    result = _quiet(build(src, strategies="dkvb,prd", epochs=2, seed=4), "local")
-    for name in ("dkvb", "prd"):
+    result = _quiet(build(src, strategies="dkvb,prd,dst,ear", epochs=2, seed=4), "local")
+    for name in ("dkvb", "prd", "dst", "ear"):
         m = result.cl_metrics[name]
         assert len(m.matrix) == 3 and len(m.matrix[0]) == 3
-        assert m.matrix[0][0] > 0.7  # the first task is learned
-    assert result.summary["dkvb"]["errors"] == 0 and result.summary["prd"]["errors"] == 0
+        assert m.matrix[0][0] > 0.7, name  # the first task is learned
+        assert result.summary[name]["errors"] == 0, name
+    # no task column and no plan: DST's tasks are the marked ones, its schedule their counted rows
+    dst = result.strategies["dst"]
+    rows = [sum(len(b) for b in batches if b.offsets[0] in range(*span)) for span in _task_spans(batches)]
+    assert dst.task_source == "events" and len(dst.task_keys) == 3
+    assert dst.steps_per_task == dst_steps_per_task(rows, batch_size=50, minibatch=32, epochs=2)
+
+
+def _task_spans(batches: list[tf.Batch]) -> list[tuple[int, int]]:
+    """The offsets each task covers: a task ends with its marked batch."""
+    spans, start = [], 0
+    for b in batches:
+        if b.end_of_task:
+            spans.append((start, int(b.offsets[-1]) + 1))
+            start = int(b.offsets[-1]) + 1
+    return spans
 
 
 def test_a_recording_replays_through_the_pipeline(tmp_path: Path, capsys: Any) -> None:
@@ -193,3 +210,63 @@ def test_compare_on_a_tiny_protocol_writes_its_table(tmp_path: Path) -> None:
     md = out.with_suffix(".md").read_text()
     assert "| input | scenario | method | final acc |" in md and md.count("| pixels |") == 4
     assert doc["command"].startswith("tideflow compare images --set dataset=digits")
+
+
+def test_dst_and_ear_learn_in_the_pipeline() -> None:
+    """DST reads each row's task id from the task column and its schedule's length from the
+    stream's plan; with no task column (class-IL) it takes task ids from the stream's task ends."""
+    src = _digits()
+    result = _quiet(build(src, strategies="dst,ear", epochs=3), "local")
+    dst, ear = result.strategies["dst"], result.strategies["ear"]
+    assert dst.task_source == "column"
+    rows = src.metadata()["task_rows"]
+    assert dst.steps_per_task == dst_steps_per_task(rows, batch_size=90, minibatch=32, epochs=3) > 1
+    m = result.cl_metrics["dst"]
+    assert m.bwt_til == 0.0  # every task's sub-network is frozen at its end
+    assert min(m.matrix_til[i][i] for i in range(5)) > 0.8
+    # EAR on pixels: its own MLP encoder, frozen after the first task, and something grown on it
+    counts = ear.parameter_counts()
+    assert counts["encoder"] > 0 and len(counts["experts"]) + ear.reconfigured >= 2
+    assert result.cl_metrics["ear"].average_accuracy_til > 0.8
+    assert result.summary["dst"]["errors"] == 0 and result.summary["ear"]["errors"] == 0
+    plain = build(_digits(split="class-incremental"), strategies="dst", epochs=1).build().learners[0].op
+    plain.bind(_digits(split="class-incremental").schema())
+    assert plain.task_source == "events"
+
+
+def test_compare_merges_a_method_into_an_earlier_comparison(tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    tiny = {"dataset": "digits", "seeds": "0", "inputs": "pixels", "train_per_class": 60, "test_per_class": None,
+            "epochs": 1, "out": out}
+    first = compare(**tiny, methods="naive")
+    # a file written before invocations were recorded (the comparison run before dst and ear came)
+    old = json.loads(out.with_suffix(".json").read_text())
+    del old["invocations"]
+    out.with_suffix(".json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"differs in more than the methods \(epochs: 1 there, 2 here\)"):
+        compare(**{**tiny, "epochs": 2}, methods="dst", merge=True)
+    with pytest.raises(ValueError, match="does not exist"):
+        compare(**{**tiny, "out": tmp_path / "none"}, methods="dst", merge="true")
+    merged = compare(**tiny, methods="dst", merge=True)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["protocol"]["methods"] == ["naive", "dst"] and set(saved["protocol"]["settings"]) == {"naive", "dst"}
+    runs = {(r["scenario"], r["method"]): r for r in saved["runs"]}
+    assert set(runs) == {(s, m) for s in ("class-IL", "task-IL") for m in ("naive", "dst")}
+    # naive's runs are the first invocation's, untouched
+    assert [r for r in saved["runs"] if r["method"] == "naive"] == [r for r in first["runs"]]
+    assert runs[("task-IL", "dst")]["learner"]["task_source"] == "column"
+    assert runs[("class-IL", "dst")]["learner"]["task_source"] == "events"
+    assert runs[("task-IL", "dst")]["bwt_til"] == 0.0
+    # each invocation keeps its time; the comparison's is their sum
+    first_inv, second_inv = saved["invocations"]
+    assert first_inv["seconds"] == first["seconds"] and second_inv["methods"] == ["dst"]
+    assert saved["seconds"] == pytest.approx(first["seconds"] + second_inv["seconds"])
+    assert saved["job_cpu_seconds"] == pytest.approx(sum(r["job_cpu_seconds"] for r in saved["runs"]))
+    assert merged["command"] == ("tideflow compare images --set dataset=digits --set train_per_class=60 "
+                                 "--set epochs=1 --set seeds=0 --set inputs=pixels --set methods=naive,dst")
+    md = out.with_suffix(".md").read_text()
+    assert "| pixels | class-IL | dst† |" in md and "| pixels | task-IL | dst |" in md
+    assert "--set methods=dst --set merge=true" in md and "added up" in md and "dst†" in md.split("|")[-1]
+    # a method run again replaces its earlier runs, and the invocation says so
+    again = compare(**tiny, methods="naive", merge=True)
+    assert len(again["runs"]) == 4 and again["invocations"][-1]["replaced"] == ["naive"]

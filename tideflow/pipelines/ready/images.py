@@ -9,32 +9,39 @@ through one learn step per continual learner, all on the same batches:
 * ``prd``: `PrototypeDistillation` (Asadi et al., ICML 2023), replay-free;
 * ``dkvb``: `KeyValueBottleneck` (Träuble et al., ICML 2023), keys fitted on the source's
   unlabeled rows before the first batch;
+* ``dst``: `SparseTraining` (Yildirim et al., CPAL 2024), a sparse sub-network per task, frozen at
+  the task's end. It needs a task id: the task column where the stream has one (task-IL); on a
+  class-IL stream the task ends the stream marks (what every learner here is told), and with no
+  task id at prediction it answers through the newest task's sub-network (the table's note);
+* ``ear``: `EAR` (arXiv 2308.02084), a frozen encoder with adaptors grown where the HDC memories
+  find a batch out of distribution (`ear_settings`: its own MLP encoder on pixels, none on a frozen
+  encoder's features);
 * ``iid``: the upper bound, the same MLP as ``naive`` trained on the same training rows in one
   seeded random order, without tasks (`iid_source`). It is a run of its own on that shuffled
   stream (``strategies=iid``), never a step beside the others: a learn step sees the stream
   the others see.
 
 Every method makes the same ``epochs`` passes over each batch in minibatches of the same
-``minibatch`` rows. The engine evaluates each task's held-out rows before the first batch, at
-every task boundary and at the end of the stream, and ``RunResult.cl_metrics[step]`` holds
-the accuracy matrix R[i][j] with average accuracy, forgetting, BWT and FWT; on a stream with a
-task column also the task-incremental ones (``*_til``: predictions masked to the task's
-classes).
+``minibatch`` rows (EAR's passes at each batch go over its expert's current-task rows, at most
+its window of 512, this batch's included: its method). The engine evaluates each task's held-out
+rows before the first batch, at every task boundary and at the end of the stream, and
+``RunResult.cl_metrics[step]`` holds the accuracy matrix R[i][j] with average accuracy,
+forgetting, BWT and FWT; on a stream with a task column also the task-incremental ones
+(``*_til``: predictions masked to the task's classes).
 
-`compare` runs the comparison of the issue (`PROTOCOL`: split Fashion-MNIST 5 x 2, class-IL and
-task-IL, pixels and frozen-encoder features, 3 seeds) and writes ``results/images.{md,json}``;
-``tideflow compare images`` calls it, ``tideflow run images`` runs `build`. What a run and the
-comparison measure and how the table is written: `tideflow.pipelines.ready.images_results`.
+`run_job` is one run of the comparison (`tideflow.pipelines.ready.images_compare`, ``tideflow
+compare images``: `PROTOCOL`, split Fashion-MNIST 5 x 2, class-IL and task-IL, pixels and
+frozen-encoder features, 3 seeds, into ``results/images.{md,json}``); ``tideflow run images`` runs
+`build`. What a run and the comparison measure and how the table is written:
+`tideflow.pipelines.ready.images_results`.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,17 +50,18 @@ import pyarrow as pa
 from tideflow.connectors.base import MemorySource, Source
 from tideflow.connectors.images import ImageStream
 from tideflow.pipelines.dsl import Pipeline
-from tideflow.pipelines.ready.images_results import (aggregate, markdown_table, memory_kib, report, reset_peak,
-                                                     til_accuracy)
+from tideflow.pipelines.ready.images_results import memory_kib, report, reset_peak, til_accuracy
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
 from tideflow.strategies.avalanche_adapter import AvalancheStrategy
 from tideflow.strategies.base import Strategy
 from tideflow.strategies.dkvb import KeyValueBottleneck
+from tideflow.strategies.dst import SparseTraining
+from tideflow.strategies.ear import EAR
 from tideflow.strategies.prd import PrototypeDistillation
 
 #: the continual learners, in table order; ``iid`` is the upper bound (a run of its own)
-METHODS = ("naive", "replay", "ewc", "lwf", "prd", "dkvb")
+METHODS = ("naive", "replay", "ewc", "lwf", "prd", "dkvb", "dst", "ear")
 ALL_METHODS = (*METHODS, "iid")
 #: the Avalanche learners share one network: one hidden layer of this width
 HIDDEN = 256
@@ -72,6 +80,16 @@ AVALANCHE = {
 EWC_PER_BATCH = {"mode": "online", "decay_factor": 0.9}
 #: PRD on a stream that never tells a task's end: a new teacher after this many batches
 TASK_FREE_PRD_EVERY = 10
+#: SparseTraining as bench/dst.py runs it on split Fashion-MNIST, fixed before this comparison ran it:
+#: the spec's hidden widths, density 0.2 with ERK layer densities, random growth, a mask update
+#: every 50 steps, Adam 1e-3; its drop-rate cosine and learning-rate milestones run over one task's
+#: optimiser steps, which `dst_steps_per_task` reads from the stream's plan (a stream does not
+#: otherwise say how long a task is)
+DST = {"hidden": (200, 200), "density": 0.2, "layer_density": "erk", "growth": "random", "update_every": 50,
+       "lr": 1e-3}
+#: the EfficientNet-Lite0 feature extractor's trained parameters (without its classifier): what
+#: EAR's adaptor budget is a share of when the inputs are its features (bench/ear.py's figure)
+EFFNET_PARAMS = 3_371_008
 
 PROTOCOL: dict[str, Any] = {
     "dataset": "fashion-mnist",
@@ -160,14 +178,40 @@ def avalanche_experiences(task_stream: bool) -> dict[str, Any]:
     return {}
 
 
+def dst_steps_per_task(task_rows: list[int], *, batch_size: int, minibatch: int, epochs: int) -> int:
+    """The optimiser steps SparseTraining makes on the longest task: ``epochs`` passes over each of
+    its batches (``batch_size`` rows, the last one shorter where the task ends) in minibatches."""
+    def steps(rows: int) -> int:
+        full, rest = divmod(int(rows), batch_size)
+        return epochs * (full * -(-batch_size // minibatch) + -(-rest // minibatch))
+    return max([steps(r) for r in task_rows if r > 0] or [1])
+
+
+def ear_settings(features: str | None) -> dict[str, Any]:
+    """EAR's settings besides passes and minibatch, as bench/ear.py and docs/methods/ear.md fixed
+    them before this comparison ran it. Pixels (or any table): the learner's defaults, its own MLP
+    encoder (256, 128) trained on the first task and then frozen, adaptors of widths 4-32 within 5 %
+    of that encoder's parameters. EfficientNet-Lite0's features: no encoder of its own (the features
+    are a frozen encoder's), adaptors of widths 16-128 within 5 % of that feature extractor's."""
+    if features is None or features == "pixels":
+        return {}
+    if features != "efficientnet-lite0":
+        raise ValueError(f"images: EAR's adaptor budget is a share of the frozen encoder's parameters, known for "
+                         f"efficientnet-lite0 only, not for {features!r}")
+    return {"encoder": None, "max_params": int(0.05 * EFFNET_PARAMS), "widths": (16, 32, 64, 128)}
+
+
 def make_strategy(name: str, *, n_classes: int, seed: int, epochs: int, minibatch: int, task_stream: bool = True,
-                  augment: str = "auto") -> Strategy:
+                  augment: str = "auto", features: str | None = None, steps_per_task: int | None = None) -> Strategy:
     """One learner of the comparison with the protocol's settings (module docstring).
 
     ``task_stream``: the stream tells task ends (marks or a task column); on a task-free one PRD
-    takes a teacher every `TASK_FREE_PRD_EVERY` batches and Avalanche's plugins consolidate per
-    batch. ``augment``: PRD's augmentation (``"crop"`` for digits, which a flip turns into other
-    digits).
+    takes a teacher every `TASK_FREE_PRD_EVERY` batches, Avalanche's plugins consolidate per
+    batch and SparseTraining learns one sub-network for the whole stream. ``augment``: PRD's
+    augmentation (``"crop"`` for digits, which a flip turns into other digits). ``features``: what
+    a row holds, None (pixels, or a table's values) or the frozen encoder whose features it is
+    (`ear_settings`). ``steps_per_task``: SparseTraining's schedule length (`dst_steps_per_task`;
+    None: the learner's default).
     """
     if name in AVALANCHE or name == "iid":
         kind, extra = AVALANCHE["naive" if name == "iid" else name]
@@ -182,6 +226,11 @@ def make_strategy(name: str, *, n_classes: int, seed: int, epochs: int, minibatc
                                      boundary_every=None if task_stream else TASK_FREE_PRD_EVERY)
     if name == "dkvb":
         return KeyValueBottleneck(n_classes, epochs=epochs, minibatch=minibatch, seed=seed)
+    if name == "dst":  # task_from="auto": the task column where the schema has one, else the boundaries
+        steps = {} if steps_per_task is None else {"steps_per_task": int(steps_per_task)}
+        return SparseTraining(n_classes, epochs=epochs, minibatch=minibatch, seed=seed, **DST, **steps)
+    if name == "ear":
+        return EAR(n_classes, epochs=epochs, minibatch=minibatch, seed=seed, **ear_settings(features))
     raise ValueError(f"unknown images strategy {name!r}; known: {', '.join(ALL_METHODS)}")
 
 
@@ -227,9 +276,33 @@ def _facts(source: Source) -> dict[str, Any]:
         boundaries = tuple(meta["boundaries"])
     else:
         boundaries = DEFAULT_BOUNDARIES
+    task_rows = meta.get("task_rows")
     return {"classes": classes, "boundaries": boundaries, "dataset": meta.get("dataset"),
             "seed": meta.get("seed") if isinstance(meta.get("seed"), int) else None,
-            "batch_size": meta.get("batch_size") if isinstance(meta.get("batch_size"), int) else None}
+            "batch_size": meta.get("batch_size") if isinstance(meta.get("batch_size"), int) else None,
+            "encoder": meta.get("encoder") if isinstance(meta.get("encoder"), str) else None,
+            "task_rows": [int(r) for r in task_rows] if isinstance(task_rows, list) else None}
+
+
+def _count_task_rows(source: Source) -> tuple[list[int], int]:
+    """Rows per task of a source that does not say (a task ends at an end-of-task mark or where its
+    task column changes value) and its longest batch; reads the source from its start, seeks back."""
+    task = source.schema().task
+    counts, last, longest = [0], None, 1
+    source.seek(0)
+    for b in source.batches():
+        longest = max(longest, len(b))
+        values = b.column(task).to_pylist() if task and task in b.column_names else [None] * len(b)
+        for v in values:
+            if v is not None and last is not None and v != last and counts[-1]:
+                counts.append(0)
+            counts[-1] += 1
+            last = v if v is not None else last
+        if b.end_of_task:
+            counts.append(0)
+            last = None
+    source.seek(0)
+    return [c for c in counts if c], longest
 
 
 def protocol_source(*, dataset: str = "digits", split: str = "class-incremental", tasks: int = 5, seed: int = 0,
@@ -290,8 +363,8 @@ def build(source: Source | None = None, *, dataset: str | None = None, split: st
         test_per_class: keep at most this many held-out rows per class (default: all)
         image_size: the encoder's input side, or resize the pixels to it (default: none)
         seed: the stream's split and every learner (default 0; with a source: the source's seed)
-        strategies: a comma list of naive, replay, ewc, lwf, prd, dkvb (default: all six), or iid
-            alone (the Naive MLP on the same rows shuffled: the upper bound)
+        strategies: a comma list of naive, replay, ewc, lwf, prd, dkvb, dst, ear (default: all
+            eight), or iid alone (the Naive MLP on the same rows shuffled: the upper bound)
         epochs: passes over each batch, the same for every learner (default 5)
         minibatch: rows per SGD step, the same for every learner (default 32)
         n_classes: the label count (default: from the source's classes)
@@ -343,10 +416,17 @@ def build(source: Source | None = None, *, dataset: str | None = None, split: st
     if names == ["iid"]:
         source = iid_source(source, seed=seed, batch_size=facts["batch_size"])
         boundaries = ()
+    steps = None
+    if "dst" in names:  # its schedule runs over one task's steps: the stream's plan says how many
+        task_rows, longest = ((facts["task_rows"], facts["batch_size"] or 1) if facts["task_rows"]
+                              else _count_task_rows(source))
+        steps = dst_steps_per_task(task_rows, batch_size=facts["batch_size"] or longest, minibatch=minibatch,
+                                   epochs=epochs)
     p = Pipeline(f"images-{label}").source(source).validate()
     for name in names:
         learner = make_strategy(name, n_classes=n, seed=seed, epochs=epochs, minibatch=minibatch,
-                                task_stream=bool(boundaries), augment=augment)
+                                task_stream=bool(boundaries), augment=augment, features=facts["encoder"],
+                                steps_per_task=steps)
         p.learn(learner, name=name, boundaries=boundaries, num_gpus=gpus)
     p.report(report)
     return p
@@ -396,6 +476,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "run_rss_mib": None if peak is None or before is None else (peak - before) / 1024,
         "describe": pipeline.build().learners[0].op.describe(),
     }
+    # the accuracies before the first batch, against which FWT is measured
+    row["start"] = list(m.start)
+    row["start_til"] = [r.get("accuracy_til") for r in result.evaluations.get(method, []) if r["point"] == "start"]
+    learner = result.strategies[method]
+    if method == "dst":  # where its task ids came from, and how much of the network the tasks hold
+        row["learner"] = {"task_source": learner.task_source, "network_share": float(learner.network_share),
+                          "steps_per_task": int(learner.steps_per_task),
+                          "notices": [e.statistic for e in result.drift_events if e.detector == "SparseTraining"]}
+    if method == "ear":  # what it grew: experts (adaptors) and reconfigurator heads, and their size
+        row["learner"] = {**learner.parameter_counts(), "reconfigured": int(learner.reconfigured),
+                          "growths": len(learner.growth_log)}
     if method == "iid":  # the bound's task-IL entry: the same trained model, masked per task
         til = til_accuracy(result.strategies[method], held, src.schema().target)
         row["average_accuracy_til"] = float(np.mean(list(til.values())))
@@ -412,157 +503,3 @@ def _job_quietly(job: dict[str, Any]) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore")
     return run_job(job)
-
-
-def _seeds(value: Any) -> list[int]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    seeds = [_integer("seed", str(x).strip(), 0) for x in items if str(x).strip()]
-    if not seeds or len(set(seeds)) < len(seeds):
-        raise ValueError(f"images compare: seeds is a comma list of distinct integers, got {value!r}")
-    return seeds
-
-
-COMPARE_OPTIONS = ("dataset", "tasks", "seeds", "scenarios", "inputs", "methods", "train_per_class", "test_per_class",
-                   "batch_size", "epochs", "minibatch", "runner", "jobs", "out")
-
-
-def compare(*, dataset: str | None = None, tasks: Any = None, seeds: Any = None, scenarios: Any = None,
-            inputs: Any = None, methods: Any = None, train_per_class: Any = "protocol",
-            test_per_class: Any = "protocol", batch_size: Any = None, epochs: Any = None, minibatch: Any = None,
-            runner: str = "local", jobs: int = 1, out: Path | str = Path("results/images"),
-            **unknown: Any) -> dict[str, Any]:
-    """Run the comparison (`PROTOCOL`, or the options given) and write ``<out>.json`` and ``<out>.md``.
-
-    Every (scenario, input, seed, method) is one run of `build`'s pipeline with that one learner
-    (the iid bound: one run per input and seed, on the class-incremental stream's rows shuffled,
-    scored class-IL and, masked per task, task-IL). ``jobs`` runs at once, each in a fresh
-    process with one torch thread, so that its peak memory is its own; with ``jobs=1`` they run
-    one after the other in this process. The encoder's features are computed (and cached) before
-    any run, once per input and seed. ``train_per_class`` / ``test_per_class``: the protocol's
-    caps unless given (None: every row).
-    """
-    import concurrent.futures as cf
-    import multiprocessing
-
-    _refuse_unknown(unknown, COMPARE_OPTIONS, "compare")
-    if runner not in ("local", "ray"):
-        raise ValueError(f"images compare: runner is local or ray, got {runner!r}")
-    protocol = dict(PROTOCOL)
-    protocol["dataset"] = dataset or PROTOCOL["dataset"]
-    protocol["tasks"] = _integer("tasks", PROTOCOL["tasks"] if tasks is None else tasks, 1)
-    protocol["seeds"] = _seeds(PROTOCOL["seeds"] if seeds is None else seeds)
-    chosen = _names("scenarios", list(PROTOCOL["scenarios"]) if scenarios is None else scenarios,
-                    tuple(PROTOCOL["scenarios"]))
-    protocol["scenarios"] = {k: PROTOCOL["scenarios"][k] for k in chosen}
-    protocol["encoders"] = _names("inputs", PROTOCOL["encoders"] if inputs is None else inputs,
-                                  tuple(PROTOCOL["encoders"]))
-    protocol["methods"] = _names("methods", PROTOCOL["methods"] if methods is None else methods, ALL_METHODS)
-    for key, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
-        protocol[key] = PROTOCOL[key] if value == "protocol" else _optional_integer(key, value, 1)
-    for key, value in (("batch_size", batch_size), ("epochs", epochs), ("minibatch", minibatch)):
-        protocol[key] = PROTOCOL[key] if value is None else _integer(key, value, 1)
-    protocol["avalanche_experiences"] = avalanche_experiences(True).get("experiences",
-                                                                        "batch (the adapter's only mode)")
-    augment = "crop" if protocol["dataset"] == "digits" else "auto"
-    protocol["settings"] = {
-        name: {k: v for k, v in make_strategy(name, n_classes=10, seed=0, epochs=protocol["epochs"],
-                                              minibatch=protocol["minibatch"], augment=augment).params().items()
-               if k not in ("seed", "n_classes", "target", "features")}
-        for name in protocol["methods"]}
-    jobs = _integer("jobs", jobs, 1)
-    common = {"dataset": protocol["dataset"], "tasks": protocol["tasks"], "batch_size": protocol["batch_size"],
-              "train_per_class": protocol["train_per_class"], "test_per_class": protocol["test_per_class"],
-              "epochs": protocol["epochs"], "minibatch": protocol["minibatch"], "runner": runner}
-    work: list[dict[str, Any]] = []
-    for enc in protocol["encoders"]:
-        for seed in protocol["seeds"]:
-            for scenario in protocol["scenarios"]:
-                for method in protocol["methods"]:
-                    if method == "iid" and scenario != next(iter(protocol["scenarios"])):
-                        continue  # one iid run per input and seed serves every scenario
-                    work.append({**common, "scenario": "class-IL" if method == "iid" else scenario,
-                                 "input": enc, "encoder": None if enc == "pixels" else enc, "seed": seed,
-                                 "method": method})
-    # the slowest runs first, so that the workers end together
-    cost = {"replay": 0, "prd": 1, "ewc": 2, "lwf": 3, "dkvb": 4, "naive": 5, "iid": 6}
-    work.sort(key=lambda j: (cost.get(j["method"], 9), j["input"] == "pixels"))
-    started = time.perf_counter()
-    warm = _warm_features(protocol, jobs)
-    rows: list[dict[str, Any]] = []
-
-    def done(row: dict[str, Any]) -> None:
-        rows.append(row)
-        print(f"[{len(rows)}/{len(work)}] {row['input']} {row['scenario']} seed {row['seed']} {row['method']}: "
-              f"train {row['train_seconds']:.1f} s, run {row['run_seconds']:.1f} s", flush=True)
-
-    if jobs <= 1:
-        for job in work:
-            done(_job_quietly(job))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            for row in (f.result() for f in [pool.submit(_job_quietly, j) for j in work]):
-                done(row)
-    rows.sort(key=lambda r: (protocol["encoders"].index(r["input"]), r["scenario"],
-                             ALL_METHODS.index(r["method"]), r["seed"]))
-    protocol = json.loads(json.dumps(protocol, default=str))  # tuples as lists, as the file holds them
-    doc = {"protocol": protocol, "command": _command(protocol, jobs, runner), "runner": runner, "jobs": jobs,
-           "seconds": time.perf_counter() - started, "encoder_seconds": warm,
-           "run_cpu_seconds": sum(r["run_cpu_seconds"] for r in rows),
-           "job_cpu_seconds": sum(r["job_cpu_seconds"] for r in rows), "runs": rows,
-           "table": aggregate(rows, protocol)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=2))
-    out.with_suffix(".md").write_text(markdown_table(doc))
-    return doc
-
-
-def _warm_one(args: tuple[dict[str, Any], str, int]) -> int:
-    """The encoder's features of one seed's rows, computed into the cache (or found there)."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    protocol, enc, seed = args
-    src = protocol_source(dataset=protocol["dataset"], split="class-incremental", tasks=protocol["tasks"], seed=seed,
-                          encoder=enc, batch_size=protocol["batch_size"], train_per_class=protocol["train_per_class"],
-                          test_per_class=protocol["test_per_class"])
-    src.held_out()
-    return src.num_rows
-
-
-def _warm_features(protocol: dict[str, Any], jobs: int = 1) -> float:
-    """Compute (or find in the cache) the encoder's features of every seed's rows before the runs,
-    so that runs in parallel never encode the same images twice (the cache is keyed by the images,
-    and a seed's class-IL and task-IL streams hold the same ones). Returns the seconds it took."""
-    import concurrent.futures as cf
-    import multiprocessing
-
-    t0 = time.perf_counter()
-    todo = [(protocol, enc, seed) for enc in protocol["encoders"] if enc != "pixels" for seed in protocol["seeds"]]
-    if jobs <= 1 or len(todo) <= 1:
-        for args in todo:
-            _warm_one(args)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
-            list(pool.map(_warm_one, todo))
-    return time.perf_counter() - t0
-
-
-def _command(protocol: dict[str, Any], jobs: int, runner: str) -> str:
-    """The command that reproduces a comparison (the protocol's options only where they differ)."""
-    parts = ["tideflow compare images"]
-    for key in ("dataset", "tasks", "train_per_class", "test_per_class", "batch_size", "epochs", "minibatch"):
-        if protocol[key] != PROTOCOL[key]:
-            parts.append(f"--set {key}={'none' if protocol[key] is None else protocol[key]}")
-    lists = {"seeds": (protocol["seeds"], PROTOCOL["seeds"]),
-             "scenarios": (list(protocol["scenarios"]), list(PROTOCOL["scenarios"])),
-             "inputs": (protocol["encoders"], PROTOCOL["encoders"]),
-             "methods": (protocol["methods"], PROTOCOL["methods"])}
-    for key, (got, default) in lists.items():
-        if got != default:
-            parts.append(f"--set {key}={','.join(str(x) for x in got)}")
-    if jobs > 1:
-        parts.append(f"--jobs {jobs}")
-    if runner != "local":
-        parts.append(f"--runner {runner}")
-    return " ".join(parts)

@@ -122,7 +122,8 @@ def aggregate(rows: list[dict[str, Any]], protocol: dict[str, Any]) -> list[dict
                     entry[key + "_std"] = float(np.std(known)) if known and len(known) == len(vals) else None
                     if key == "average_accuracy":
                         entry["per_seed"] = vals
-                for key in ("train_seconds", "train_rows", "samples_trained", "peak_rss_mib", "run_rss_mib"):
+                for key in ("train_seconds", "run_cpu_seconds", "train_rows", "flops", "samples_trained",
+                            "peak_rss_mib", "run_rss_mib"):
                     vals = [r.get(key) for r in group]
                     entry[key] = float(np.mean(vals)) if all(v is not None for v in vals) else None
                 table.append(entry)
@@ -136,12 +137,82 @@ def _cell(mean: float | None, std: float | None, scale: float = 100.0) -> str:
     return f"{value:.1f} ± {scale * (std or 0.0):.1f}"
 
 
-def _cpu_note(doc: dict[str, Any]) -> str:
-    """The CPU the runs used (their processes; the encoder's warm-up apart), when recorded."""
-    if doc.get("job_cpu_seconds") is None:
-        return ""
-    return (f"; {doc['job_cpu_seconds'] / 60:.0f} CPU-min in the runs' processes, encoder features "
-            f"{doc.get('encoder_seconds', 0.0) / 60:.1f} min")
+#: notes under the table for the methods that need one (the class-IL rows of dst are marked)
+NOTES = {
+    "dst": ("dst: `SparseTraining`, one sparse sub-network per task of an MLP (hidden {hidden}, density {density}, "
+            "{layer_density} layer densities, {growth} growth), frozen at the task's end. Task-IL: the task id "
+            "from each row's task column. "
+            "class-IL (dst†): a task id for training only from the task ends the stream marks (what every "
+            "class-IL learner here is told); at prediction there is none, so it predicts through the newest "
+            "task's sub-network and head: the method is task-incremental, and these rows say what that costs "
+            "where no task id comes with a row. Its FLOPs count only the active weights; the kernels are dense, "
+            "so its seconds do not fall with density."),
+    "ear": ("ear: `EAR`, a frozen encoder (on pixels its own MLP 256-128, trained on the first task, then "
+            "frozen; on the features none of its own) with adaptors grown within 5 % of the encoder's parameters "
+            "where a batch is out of distribution for every expert's HDC memory. At every batch it makes the "
+            "passes over its expert's current-task rows (at most 512), so its rows trained are several times "
+            "the others'."),
+}
+
+
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.0f}"
+
+
+def _invocation(inv: dict[str, Any]) -> str:
+    """One invocation: its command, wall minutes, runner, jobs, CPU, and the load it started under."""
+    cpu = (f"; {inv['job_cpu_seconds'] / 60:.0f} CPU-min in the runs' processes" if inv.get("job_cpu_seconds")
+           is not None else "")
+    enc = (f", encoder features {inv['encoder_seconds'] / 60:.1f} min" if inv.get("encoder_seconds") is not None
+           else "")
+    load = ""
+    if inv.get("load_at_start") is not None and inv.get("cores"):
+        busy = " (other work shared the machine: its seconds are inflated)" if inv["load_at_start"] > 0.5 * inv[
+            "cores"] else ""
+        load = f"; load average {inv['load_at_start']:.1f} on {inv['cores']} cores when it started{busy}"
+    return (f"`{inv['command']}` ({_minutes(inv.get('seconds'))} min on this machine, runner {inv.get('runner')}, "
+            f"{inv.get('jobs')} job(s){cpu}{enc}{load})")
+
+
+def _timing(doc: dict[str, Any]) -> str:
+    """How the table was produced and what it took; after a merge, every invocation and the sum."""
+    invocations = doc.get("invocations") or [{
+        "command": doc["command"], "seconds": doc["seconds"], "runner": doc["runner"], "jobs": doc["jobs"],
+        "job_cpu_seconds": doc.get("job_cpu_seconds"), "encoder_seconds": doc.get("encoder_seconds")}]
+    if len(invocations) == 1:
+        return _invocation(invocations[0])
+    parts = [f"{_invocation(inv)} ran {', '.join(inv.get('methods') or [])}" for inv in invocations]
+    total = " + ".join(_minutes(inv.get("seconds")) for inv in invocations)
+    return (f"{'; then '.join(parts)}, each later one merging its runs into the file (`--set merge=true`): "
+            f"the comparison took the invocations' times added up, {total} = {_minutes(doc['seconds'])} min on "
+            f"this machine and {doc['job_cpu_seconds'] / 60:.0f} CPU-min in the runs' processes; in one "
+            f"invocation: `{doc['command']}`")
+
+
+def _note(method: str, settings: dict[str, Any]) -> str:
+    """A method's note with its settings filled in (``?`` where the file does not hold one)."""
+    import string
+
+    keys = [f for _, f, _, _ in string.Formatter().parse(NOTES[method]) if f]
+    values = {k: "-".join(map(str, settings[k])) if isinstance(settings.get(k), list) else settings.get(k, "?")
+              for k in keys}
+    return NOTES[method].format(**values)
+
+
+def _no_start(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """The methods whose every run scored 0 on every task before its first batch (runs that
+    recorded it)."""
+    out = []
+    for m in methods:
+        starts = [v for r in runs if r["method"] == m and "start" in r
+                  for v in [*r["start"], *(r.get("start_til") or [])]]
+        if starts and all(v == 0 for v in starts):
+            out.append(m)
+    return out
+
+
+def _method(r: dict[str, Any]) -> str:
+    return "dst†" if r["method"] == "dst" and r["scenario"] == "class-IL" else r["method"]
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
@@ -153,22 +224,33 @@ def markdown_table(doc: dict[str, Any]) -> str:
     lines = [
         f"Split {p['dataset']} ({p['tasks']} tasks, classes in a seeded order), {cap}; batches of "
         f"{p['batch_size']} rows, {p['epochs']} pass(es) over each batch in minibatches of {p['minibatch']} for every "
-        f"method; seeds {', '.join(map(str, p['seeds']))}; `{doc['command']}` "
-        f"({doc['seconds'] / 60:.0f} min on this machine, runner {doc['runner']}, {doc['jobs']} job(s)"
-        f"{_cpu_note(doc)}). "
+        f"method; seeds {', '.join(map(str, p['seeds']))}; {_timing(doc)}. "
         f"class-IL: no task id, unmasked prediction; task-IL: the task id in every row, prediction masked to "
         f"the task's classes. Accuracy, forgetting, BWT, FWT in % (mean ± std over seeds) from the held-out "
         f"rows of each task; iid: the Naive MLP on the same rows shuffled (one run per seed, masked per task "
-        f"for task-IL). Train s: the learner's own time; rows trained: passes x rows (replayed rows "
-        f"included); peak MiB: the run's process (interpreter, torch, the stream), + the rise during the run.",
+        f"for task-IL). Train s: the learner's own wall time; CPU s: the run's process (learning, held-out "
+        f"evaluation, the data path); rows trained: passes x rows (replayed rows included); GFLOP: what the "
+        f"learner counts for its training; peak MiB: the run's process (interpreter, torch, the stream), + the "
+        f"rise during the run. Rows trained and GFLOP do not depend on what else ran on the machine; seconds do.",
         "",
-        "| input | scenario | method | final acc | forgetting | BWT | FWT | train s | rows trained | peak MiB (+run) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| input | scenario | method | final acc | forgetting | BWT | FWT | train s | CPU s | rows trained | GFLOP "
+        "| peak MiB (+run) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["table"]:
         mem = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f} (+{r['run_rss_mib']:.0f})"
+        cpu = "-" if r.get("run_cpu_seconds") is None else f"{r['run_cpu_seconds']:.1f}"
+        flops = "-" if r.get("flops") is None else f"{r['flops'] / 1e9:.1f}"
         lines.append(
-            f"| {r['input']} | {r['scenario']} | {r['method']} | "
+            f"| {r['input']} | {r['scenario']} | {_method(r)} | "
             + " | ".join(_cell(r[k], r[k + "_std"]) for k, _ in METRICS)
-            + f" | {r['train_seconds']:.1f} | {r['train_rows']:.0f} | {mem} |")
+            + f" | {r['train_seconds']:.1f} | {cpu} | {r['train_rows']:.0f} | {flops} | {mem} |")
+    notes = [_note(m, p.get("settings", {}).get(m) or {}) for m in p["methods"] if m in NOTES]
+    blank = _no_start(doc["runs"], p["methods"])
+    if blank:
+        notes.append(f"FWT of {', '.join(blank)}: measured against each run's accuracy before its first batch, which "
+                     f"is 0 for these (no class is predicted before anything was learned), so under task-IL their FWT "
+                     f"includes a task's chance level (the others start from an untrained network's guesses).")
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"
