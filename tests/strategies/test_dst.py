@@ -327,3 +327,40 @@ def test_the_ray_runner_learns_the_same_model(ray_session):
     held = split_digits("task", seed=1).held_out()[3]
     np.testing.assert_array_equal(ray.strategies["s"].predict_scores(held).scores,
                                   local.strategies["s"].predict_scores(held).scores)
+
+
+def _hdc_pipeline() -> tf.Pipeline:
+    """A task-free stream (digits in 4 domains, end-of-task marks ignored: ``boundaries=()``) whose
+    tasks only the HDC detector's events can tell SparseTraining (``new_task_on_drift``)."""
+    src = tf.ImageStream("digits", split="domain-incremental", tasks=4, domain="clean;rot90;invert;flip+noise",
+                         batch_size=64, seed=2)
+    learner = _small(epochs=1, task_from="events", new_task_on_drift=True, seed=2)
+    return (tf.Pipeline("dst-hdc").source(src).detect(tf.HDCDetector(on="image", label="label", name="hdc"))
+            .learn(learner, name="s", boundaries=()))
+
+
+def test_hdc_events_start_its_tasks_and_a_stopped_ray_run_resumes_to_the_local_run(tmp_path, ray_session):
+    """The detector's three events (one per new domain) are the learner's only task ends: four tasks,
+    none ended on the stream's own marks. On the Ray runner, checkpointed every 4 batches and stopped
+    inside the second domain, the run resumed from its checkpoints ends with the local run's per-batch
+    records, events, accuracy matrix and model."""
+    from tideflow.testing import comparable
+
+    local = _hdc_pipeline().run(tracking=False, progress=False)
+    s = local.strategies["s"]
+    events = [e for e in local.drift_events if e.step == "hdc"]
+    assert len(events) == 3 and s.task_source == "events" and s.task_keys == [0, 1, 2, 3]
+    assert local.summary["s"]["task_boundaries"] == 0 and local.summary["s"]["errors"] == 0
+    ckpt = tmp_path / "ckpt"
+    stopped = _hdc_pipeline().run(tracking=False, progress=False, runner="ray", checkpoint_dir=ckpt,
+                                  checkpoint_every=4, max_batches=9)
+    assert stopped.strategies["s"].task_keys == [0, 1] and stopped.strategies["s"].current == 1
+    resumed = _hdc_pipeline().run(tracking=False, progress=False, runner="ray", checkpoint_dir=ckpt, resume=True)
+    assert comparable(resumed.per_batch) == comparable(local.per_batch)
+    assert [e.to_dict() for e in resumed.drift_events] == [e.to_dict() for e in local.drift_events]
+    assert resumed.cl_metrics["s"].to_dict() == local.cl_metrics["s"].to_dict()
+    assert resumed.strategies["s"].snapshot()["task_keys"] == s.task_keys
+    for held in tf.ImageStream("digits", split="domain-incremental", tasks=4, domain="clean;rot90;invert;flip+noise",
+                               batch_size=64, seed=2).held_out().values():
+        np.testing.assert_array_equal(resumed.strategies["s"].predict_scores(held).scores,
+                                      s.predict_scores(held).scores)
