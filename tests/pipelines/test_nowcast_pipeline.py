@@ -192,7 +192,7 @@ def test_day_sums_add_up_to_the_run_and_every_ratio_has_an_interval(short_run):
 
 def test_pooled_tables_resample_the_same_days_of_every_station(short_run):
     """Two stations with the same errors pool to the same ratio and interval as one; the results
-    page carries both, and the JSON keeps number lists on one line."""
+    page carries both and the runs' CPU time, and the JSON keeps number lists on one line."""
     import copy
     import json
 
@@ -200,8 +200,8 @@ def test_pooled_tables_resample_the_same_days_of_every_station(short_run):
 
     s = score_run(short_run)
     days = short_run.metrics["day_errors"]
-    run = {"station": "LGA", "target": "temp", "model": "mlp", "scores": s, "day_errors": days}
-    twin = {**copy.deepcopy(run), "station": "JFK"}
+    run = {"station": "LGA", "target": "temp", "model": "mlp", "scores": s, "day_errors": days, "cpu_seconds": 120.0}
+    twin = {**copy.deepcopy(run), "station": "JFK", "cpu_seconds": 180.0}
     both = pooled([run, twin], "vh_budget")
     assert both["mae_rel"] == pytest.approx(s["vh_budget"]["mae_rel"], rel=1e-9)
     assert both["mae_rel_ci"] == pytest.approx(s["vh_budget"]["mae_rel_ci"], rel=1e-9)
@@ -215,6 +215,8 @@ def test_pooled_tables_resample_the_same_days_of_every_station(short_run):
     pooled_rows = [line for line in text.splitlines() if line.startswith("| mlp | temp |")]
     assert len(pooled_rows) == 2 and cell in pooled_rows[0], pooled_rows
     assert "| `vh_budget` vs `fixed80` |" in text and "`vh_budget` vs `fixed100`: MAE [CI]" in text
+    # the header gives the runs' own CPU time next to the wall time other jobs stretch
+    assert "CPU time of the 2 runs' processes: 5 min in all (2-3 min per run)" in text.splitlines()[0]
     dumped = dumps(doc)
     assert json.loads(dumped) == json.loads(json.dumps(doc))
     assert "[" + ", ".join(str(x) for x in days["steps"]["fixed"]["n"][0]) + "]" in dumped

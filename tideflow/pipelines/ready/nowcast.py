@@ -252,11 +252,6 @@ def build(source: Source | None = None, *, stations: str | None = None, target: 
 
 
 # -- scoring -------------------------------------------------------------------------------
-def _contrasts(names: list[str]) -> list[tuple[str, str]]:
-    """The paired comparisons besides ``x vs fixed``: does adapting the window beat a fixed shorter
-    window (each of the run's ``fixed<rows>`` steps)?"""
-    return [("vh_budget", n) for n in names if n.startswith("fixed") and n[5:].isdigit()]
-
 
 def score_run(result: Any) -> dict[str, dict[str, Any]]:
     """Per strategy: MAE per horizon of the matured forecasts (the run's `HorizonErrors`
@@ -429,7 +424,7 @@ def run_one(station: str, target: str | None, model: str, *, runner: str = "loca
                             hours=hours or total_hours())
     pipeline = build(src, target=target, model=model, **options)
     target = target or src.schema().target
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = pipeline.run(runner=runner, tracking=tracking, progress=progress, keep_predictions=tracking,
                           output_dir=output_dir)
     if tracking:
@@ -440,7 +435,10 @@ def run_one(station: str, target: str | None, model: str, *, runner: str = "loca
         days = {"days": days["days"], "steps": {k: {"abs_err": [[float(f"{x:.6g}") for x in row] for row in v["abs_err"]],
                                                     "n": [[int(x) for x in row] for row in v["n"]]}
                                                 for k, v in days["steps"].items()}}
+    # CPU seconds of this process (every thread): on a shared machine wall time says how busy the
+    # machine was, CPU time what the run cost
     return {"station": station, "target": target, "model": model, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - cpu0,
             "quarantine": result.quarantine, "scores": score_run(result), "drift_events": events,
             "day_errors": days}
 
@@ -510,7 +508,8 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
         shown = ", ".join(f"{n} {pct(sc[n].get('mae_rel'))}" for n in sc if n != "fixed" and n not in REFERENCES)
         fits = f"; trigger {sc['trigger']['fits']} fits" if "trigger" in sc else ""
         print(f"[{len(runs)}/{len(todo)}] {run['model']} {run['station']} {run['target']}: "
-              f"{run['seconds']:.0f} s; MAE fixed {'-' if fixed is None else format(fixed, '.3f')}; {shown}{fits}",
+              f"{run['seconds']:.0f} s ({run['cpu_seconds']:.0f} s CPU); "
+              f"MAE fixed {'-' if fixed is None else format(fixed, '.3f')}; {shown}{fits}",
               flush=True)
 
     if jobs <= 1:

@@ -116,6 +116,16 @@ def _fitting(scores: dict[str, Any]) -> list[str]:
     return [n for n in scores if n not in REFERENCES]
 
 
+def _cpu_text(doc: dict[str, Any]) -> str:
+    """The runs' own CPU time, where the document records it: the minutes in the header are wall
+    time, which other jobs on a shared machine stretch; CPU time is what the comparison cost."""
+    cpu = [r["cpu_seconds"] for r in doc.get("runs", []) if r.get("cpu_seconds") is not None]
+    if not cpu or len(cpu) != len(doc["runs"]):
+        return ""
+    return (f" CPU time of the {len(cpu)} runs' processes: {sum(cpu) / 60:.0f} min in all "
+            f"({min(cpu) / 60:.0f}-{max(cpu) / 60:.0f} min per run).")
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results page: one row per series and configuration (ratios to ``fixed`` with their
     day-block bootstrap intervals), the paired adaptive-vs-shorter-window contrasts, and the
@@ -131,7 +141,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         "(E x C = MAE ratio x compute ratio). In brackets: the paired day-block bootstrap interval "
         f"({100 * boot['level']:.0f} %, {boot['draws']} draws; the days scored are resampled, the same days for "
         "both configurations). Band: the issue's target for that configuration, at the MAE ratio and at the "
-        "interval's far end.",
+        "interval's far end." + _cpu_text(doc),
         "",
         "| model | series | config | MAE | MAE at 1/2/3/4/5/6 h | MAE vs fixed [CI] | train rows vs fixed | "
         "fits (vs fixed) | of which max-age | train s vs fixed | E x C rows | E x C seconds | band met |",
