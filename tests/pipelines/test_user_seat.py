@@ -197,3 +197,15 @@ def test_nowcast_takes_a_source_of_its_own(tmp_path):
     r = p.run(tracking=False, progress=False)
     scores = nowcast.score_run(r)
     assert scores["fixed"]["scored"] > 0 and scores["fixed"]["mae"] is not None
+
+
+def test_a_second_run_of_a_source_read_to_its_end_says_why_it_got_no_rows(caplog):
+    src = tf.MemorySource(_batches(), SCHEMA)
+    p = tf.Pipeline("twice").source(src).learn(tf.RiverStrategy(linear_model.LinearRegression()), name="r")
+    assert p.run(tracking=False, progress=False).summary["r"]["rows_scored"] == 300
+    with caplog.at_level(logging.WARNING, logger="tideflow"):
+        again = p.run(tracking=False, progress=False)
+    assert again.summary["r"]["rows_scored"] == 0  # a source keeps its position, as a broker's does
+    assert any("source is at its end (position 300)" in m and "seek(0)" in m for m in caplog.messages)
+    src.seek(0)
+    assert p.run(tracking=False, progress=False).summary["r"]["rows_scored"] == 300

@@ -47,6 +47,13 @@ def _source_total(source: Any) -> int | None:
     return None
 
 
+def _position(source: Any) -> int:
+    try:
+        return int(source.position or 0)
+    except Exception:  # noqa: BLE001 - a source that cannot say where it is gets no warning
+        return 0
+
+
 def working_copy(graph: Graph) -> Graph:
     """The graph with deep copies of its data-path operators and strategies (see module docstring)."""
     steps = [s if s.kind in ("source", "sink") else dataclasses.replace(s, op=copy.deepcopy(s.op))
@@ -104,6 +111,12 @@ def run_graph(graph: Graph, *, runner: str = "local", options: RunOptions | None
 
     source = work.source.op
     total = _source_total(source)
+    if total == 0 and not ckpt.resume and _position(source):
+        # a source keeps its position (a broker's consumer does too): a second run of the same
+        # source object starts where the first stopped; an empty run should not look like a result
+        logging.getLogger("tideflow").warning(
+            "%s: the source is at its end (position %d): an earlier run read it, so this run gets no rows; "
+            "call source.seek(0) to read it again", graph.name, _position(source))
     per_batch = getattr(source, "batch_size", None)  # a recording's batches have no fixed size
     if opts.max_batches is not None and total is not None and per_batch:
         total = min(total, opts.max_batches * per_batch)
