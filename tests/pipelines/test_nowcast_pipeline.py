@@ -292,3 +292,37 @@ def test_configs_option_picks_the_learn_steps():
     with pytest.raises(ValueError, match="unknown nowcast configuration"):
         load_pipeline("nowcast", hours=48, configs="fixed300")
     assert configs(72) == ["fixed", "fixed29", "fixed36", "vh", "vh_budget", "trigger", "both", "both_budget"]
+
+
+def test_a_stopped_comparison_keeps_its_finished_runs_and_resumes(tmp_path, monkeypatch):
+    """The full comparison runs for a long time on a shared machine: a stop part-way keeps every
+    finished run, and ``resume`` runs only the rest, for the same protocol only."""
+    import tideflow.pipelines.ready.nowcast as nc
+
+    real, calls = nc._run_one_quietly, []
+
+    def stopped_in_the_second_run(args):
+        calls.append(args[:3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the stop a person gives a long comparison
+        return real(args)
+
+    monkeypatch.setattr(nc, "_run_one_quietly", stopped_in_the_second_run)
+    out = tmp_path / "nowcast"
+    kw = {"models": ["mlp"], "stations": ["LGA", "JFK"], "targets": ["temp"], "hours": 200, "out": out,
+          "window": 60, "configs": "fixed"}
+    with pytest.raises(KeyboardInterrupt):
+        nc.compare(**kw)
+    partial = out.with_suffix(".partial.json")
+    saved = json.loads(partial.read_text())
+    assert [(r["station"], r["model"]) for r in saved["runs"]] == [("LGA", "mlp")]
+    assert saved["runs"][0]["cpu_seconds"] > 0 and not out.with_suffix(".json").exists()
+    # a file written for another protocol is never mixed in
+    other = {"protocol": {**saved["protocol"], "window": 61}, "common": saved["common"]}
+    assert nc._reusable(partial, other) == []
+    calls.clear()
+    doc = nc.compare(**kw, resume="yes")
+    assert calls == [("JFK", "temp", "mlp")]  # only the run the stop cut short
+    assert [r["station"] for r in doc["runs"]] == ["JFK", "LGA"] and doc["runs"][1] == saved["runs"][0]
+    assert doc["seconds"] >= saved["seconds"]
+    assert not partial.exists() and "| mlp | LGA temp | fixed |" in out.with_suffix(".md").read_text()

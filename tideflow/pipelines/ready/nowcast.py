@@ -460,11 +460,17 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
     With ``source`` (a recording or source spec of your own), every model runs on that stream
     (all its keys, one model per key) for each of ``targets`` (default: its target role);
     ``stations`` and ``hours`` choose the weather feed and cannot apply then. ``options``: more
-    `build` options for every run (``window``, ``features``, ``seed``, ``configs``).
+    `build` options for every run (``window``, ``features``, ``seed``, ``configs``), and ``resume``.
+
+    Every finished run is written at once to ``<out>.partial.json`` (removed when the tables are
+    written), so a comparison stopped part-way keeps what it finished; ``resume=True`` (``--set
+    resume=yes``) reuses the runs of that file when it was written for the same protocol and
+    settings, and runs only the rest.
     """
     import concurrent.futures as cf
     import multiprocessing
 
+    resume = str(options.pop("resume", False)).strip().lower() in ("1", "true", "yes", "on")
     models = models or PROTOCOL["models"]
     for m in models:
         if m not in MODELS:
@@ -493,21 +499,34 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
         protocol["window"] = int(options["window"])
     if "configs" in options:
         protocol["configs"] = _chosen(options["configs"], int(protocol["window"]))
-    # the slow models first, so that two workers end together
-    order = {"lstm": 0, "gbm": 1, "mlp": 2}
+    # the cheap models first: a comparison stopped part-way then holds whole models
+    order = {"mlp": 0, "gbm": 1, "lstm": 2}
     common = {"runner": runner, "tracking": tracking, "hours": hours, "source": source, **options}
     todo = [(st, tg, m, common) for m in sorted(models, key=lambda m: order.get(m, 3))
             for st in stations for tg in targets]
+    partial = out.with_suffix(".partial.json")
+    # what must match for a finished run to be reused: the protocol and every run's settings
+    settings = json.loads(json.dumps({"protocol": protocol, "common": {k: v for k, v in common.items()
+                                                                         if k not in ("runner", "tracking")}},
+                                     default=str))
+    runs: list[dict[str, Any]] = _reusable(partial, settings) if resume else []
+    earlier = float(json.loads(partial.read_text()).get("seconds", 0.0)) if runs else 0.0
+    finished = {(r["station"], r["target"], r["model"]) for r in runs}
+    if runs:
+        print(f"reusing {len(runs)} finished run(s) from {partial}", flush=True)
+    total = len(todo)
+    todo = [c for c in todo if (c[0], c[1], c[2]) not in finished]
     started = time.perf_counter()
-    runs: list[dict[str, Any]] = []
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def done(run: dict[str, Any]) -> None:
         runs.append(run)
+        partial.write_text(dumps({**settings, "seconds": earlier + time.perf_counter() - started, "runs": runs}))
         sc = run["scores"]
         fixed = sc["fixed"]["mae"]
         shown = ", ".join(f"{n} {pct(sc[n].get('mae_rel'))}" for n in sc if n != "fixed" and n not in REFERENCES)
         fits = f"; trigger {sc['trigger']['fits']} fits" if "trigger" in sc else ""
-        print(f"[{len(runs)}/{len(todo)}] {run['model']} {run['station']} {run['target']}: "
+        print(f"[{len(runs)}/{total}] {run['model']} {run['station']} {run['target']}: "
               f"{run['seconds']:.0f} s ({run['cpu_seconds']:.0f} s CPU); "
               f"MAE fixed {'-' if fixed is None else format(fixed, '.3f')}; {shown}{fits}",
               flush=True)
@@ -517,16 +536,33 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
             done(_run_one_quietly(c))
     else:
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for run in pool.map(_run_one_quietly, todo):
-                done(run)
+            # saved as each finishes, not in submission order
+            for future in cf.as_completed([pool.submit(_run_one_quietly, c) for c in todo]):
+                done(future.result())
     runs.sort(key=lambda r: (r["model"], r["target"], r["station"]))
     doc = {"protocol": protocol, "bands": BANDS,
-           "seconds": time.perf_counter() - started, "runs": runs}
+           "seconds": earlier + time.perf_counter() - started, "runs": runs}
     if source is not None:
         doc["source"] = source
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(dumps(doc))
     out.with_suffix(".md").write_text(markdown_table(doc))
+    partial.unlink(missing_ok=True)
     return doc
+
+
+def _reusable(partial: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The finished runs of an earlier, stopped comparison when it ran the same protocol with the
+    same settings; otherwise none (said, so that a changed protocol never mixes into a table)."""
+    if not partial.exists():
+        return []
+    try:
+        doc = json.loads(partial.read_text())
+    except ValueError:
+        print(f"{partial} is not readable JSON: starting afresh", flush=True)
+        return []
+    if {k: doc.get(k) for k in settings} != settings:
+        print(f"{partial} was written for another protocol or settings: starting afresh", flush=True)
+        return []
+    return list(doc.get("runs", []))
 
 
