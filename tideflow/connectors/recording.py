@@ -150,12 +150,16 @@ class RecordingSource(Source):
         self._lacks = header.lacks
         # What batches carry: the header's nullability (a file with unlabeled rows stores the
         # columns they lack as nullable). Only those columns can hold nulls the header forbids.
-        self._batch_schema = batch_arrow_schema(self._arrow_schema, self._schema)
-        self._relabel = not self._batch_schema.equals(self._arrow_schema)
+        fields = self._schema.fields
+        self._relabel = any(
+            f.nullable != fields[f.name].nullable for f in self._arrow_schema if f.name != OFFSET
+        )
+        self._batch_schema = (batch_arrow_schema(self._arrow_schema, self._schema) if self._relabel
+                              else self._arrow_schema)
         self._null_checks = [
             i for i, (stored, declared) in enumerate(zip(self._arrow_schema, self._batch_schema))
             if stored.nullable and not declared.nullable
-        ]
+        ] if self._relabel else []
         if speed is not None:
             tcol = self._schema.time
             if tcol is None:
@@ -209,9 +213,9 @@ class RecordingSource(Source):
         return self._lacks
 
     # -- low-level reading --------------------------------------------------------
-    def _stored(self) -> Iterator[tuple[pa.RecordBatch, Tag]]:
-        """Every stored record batch and its tag, checked; raises RecordingError at the first
-        damage.
+    def _stored(self) -> Iterator[tuple[pa.RecordBatch, Tag, np.ndarray | None]]:
+        """Every stored record batch, its tag and (stream batches) its offsets as numpy,
+        checked; raises RecordingError at the first damage.
 
         The checks are what the writer guarantees, so a violation means the
         file was damaged or not written by tideflow; the batches before it are
@@ -220,6 +224,7 @@ class RecordingSource(Source):
         stored (`unlabeled` picks their columns).
         """
         tagged = self.format_version >= 2
+        at = self._arrow_schema.get_field_index(OFFSET)  # one offset column (parse_header)
         with open_stream(self.path) as (mm, reader, size):
             if not reader.schema.equals(self._arrow_schema, check_metadata=True):
                 raise RecordingError(f"{self.path}: the file changed since it was opened")
@@ -251,18 +256,21 @@ class RecordingSource(Source):
                             known[raw] = tag  # type: ignore[index]
                 else:
                     tag = Tag()
-                col = rb.column(OFFSET)
+                col = rb.column(at)
                 if col.null_count:
                     raise RecordingError(f"{self.path}: batch {n} has null offsets")
+                offs = None
                 if tag.part == "stream":
                     in_stream = True
-                    offs = col.to_numpy(zero_copy_only=False)
-                    backwards = last is not None and len(offs) and offs[0] <= last
-                    if backwards or (len(offs) > 1 and not np.all(np.diff(offs) > 0)):
-                        raise RecordingError(
-                            f"{self.path}: offsets do not increase strictly in batch {n}"
-                        )
+                    offs = col.to_numpy()  # int64 without nulls: a view of the mapped file
                     if len(offs):
+                        # strictly rising within the batch and past the batch before: what
+                        # seek's bisection over batches and rows relies on
+                        back = last is not None and offs[0] <= last
+                        if back or np.count_nonzero(offs[1:] <= offs[:-1]):
+                            raise RecordingError(
+                                f"{self.path}: offsets do not increase strictly in batch {n}"
+                            )
                         last = int(offs[-1])
                 elif in_stream:
                     raise RecordingError(
@@ -280,7 +288,7 @@ class RecordingSource(Source):
                     rb = pa.RecordBatch.from_arrays(rb.columns, schema=self._batch_schema)
                 end_of_good = mm.tell()
                 n += 1
-                yield rb, tag
+                yield rb, tag, offs
             # A clean end of the reader is not proof of a complete file: a cut
             # that removes exactly the end-of-stream marker also reads as the end.
             if size - end_of_good != len(EOS) or mm.tell() != size:
@@ -289,13 +297,6 @@ class RecordingSource(Source):
                     f"batches (truncated, trailing bytes, or the writer was not closed)"
                 )
 
-    def _stream(self) -> Iterator[tuple[pa.RecordBatch, bool]]:
-        """The stream's stored batches and their end-of-task marks (held-out and unlabeled
-        parts skipped: their message headers are read, their data is not touched)."""
-        for rb, tag in self._stored():
-            if tag.part == "stream":
-                yield rb, tag.end_of_task
-
     def _parts(self) -> Iterator[tuple[pa.RecordBatch, Tag]]:
         """The held-out and unlabeled parts: the batches ahead of the stream's first. Damage
         before that point raises, since it may hide a part; damage after it cannot."""
@@ -303,7 +304,7 @@ class RecordingSource(Source):
             return
         stored = self._stored()
         try:
-            for rb, tag in stored:
+            for rb, tag, _ in stored:
                 if tag.part == "stream":
                     return
                 yield rb, tag
@@ -317,11 +318,9 @@ class RecordingSource(Source):
             entries: list[_Entry] = []
             damage: RecordingError | None = None
             try:
-                for rb, _ in self._stream():
-                    if rb.num_rows:
-                        offs = rb.column(OFFSET)
-                        first, last = int(offs[0].as_py()), int(offs[-1].as_py())
-                        entries.append(_Entry(first, last, rb.num_rows))
+                for _, tag, offs in self._stored():  # held-out and unlabeled data not touched
+                    if tag.part == "stream" and len(offs):  # type: ignore[arg-type]
+                        entries.append(_Entry(int(offs[0]), int(offs[-1]), len(offs)))
             except RecordingError as exc:
                 damage = exc
             self._index_cache = (entries, damage)
@@ -413,10 +412,9 @@ class RecordingSource(Source):
         if target <= entries[i].first:
             return entries[i].first
         # Inside stored batch i, where offsets may have gaps: look at its rows.
-        with_rows = (rb for rb, _ in self._stream() if rb.num_rows)
-        for j, rb in enumerate(with_rows):
+        with_rows = (offs for _, tag, offs in self._stored() if tag.part == "stream" and len(offs))
+        for j, offs in enumerate(with_rows):
             if j == i:
-                offs = rb.column(OFFSET).to_numpy(zero_copy_only=False)
                 return int(offs[np.searchsorted(offs, target, side="left")])
         return target  # unreachable unless the file changed
 
@@ -426,11 +424,11 @@ class RecordingSource(Source):
             restarted = False
             replay = self._replay(self._target)
             try:
-                for batch in replay:
+                for batch, last in replay:
                     # Position moves before the consumer sees the batch, so a
                     # snapshot taken while holding it resumes after it.
-                    if len(batch):
-                        self._target = int(batch.last_offset) + 1  # type: ignore[arg-type]
+                    if last is not None:
+                        self._target = last + 1
                     yield batch
                     if self._epoch != epoch:
                         restarted = True
@@ -440,8 +438,9 @@ class RecordingSource(Source):
             if not restarted:
                 return
 
-    def _replay(self, target: int | None) -> Iterator[Batch]:
-        """Batches from ``target`` on, re-chunked and paced; damage raises after the intact rows.
+    def _replay(self, target: int | None) -> Iterator[tuple[Batch, int | None]]:
+        """Batches from ``target`` on, re-chunked and paced, each with its last offset (None
+        for a batch without rows); damage raises after the intact rows.
 
         Marks: a chunk ends at every marked batch's last row (`Batch.concat` keeps only the
         last part's mark, so a mark inside a chunk would be lost, and one carried to a later
@@ -451,65 +450,72 @@ class RecordingSource(Source):
         """
         pending: list[Batch] = []
         pending_rows = 0
+        pending_last: int | None = None
         pacer = Pacer(self.speed, self._schema.time) if self.speed is not None else None
         size = self.batch_size
 
-        def emit(parts: list[Batch]) -> Batch:
+        def emit(parts: list[Batch], last: int | None) -> tuple[Batch, int | None]:
             out = parts[0] if len(parts) == 1 else Batch.concat(parts)
             if pacer is not None:
                 pacer.wait(out)
-            return out
+            return out, last
 
-        def chunks(batch: Batch) -> Iterator[Batch]:
-            nonlocal pending, pending_rows
+        def chunks(batch: Batch, offs: np.ndarray) -> Iterator[tuple[Batch, int | None]]:
+            # ``offs``: the batch's offsets, read once in `_stored` (no chunk reads them back)
+            nonlocal pending, pending_rows, pending_last
             if size is None:
-                yield emit([batch])
+                yield emit([batch], int(offs[-1]))
                 return
-            while len(batch):
-                take = batch.slice(0, size - pending_rows)
+            start, n = 0, len(offs)
+            while start < n:
+                take = batch.slice(start, size - pending_rows)
                 pending.append(take)
                 pending_rows += len(take)
-                batch = batch.slice(len(take))
+                start += len(take)
+                pending_last = int(offs[start - 1])
                 if pending_rows == size or take.end_of_task:
                     parts, pending, pending_rows = pending, [], 0
-                    yield emit(parts)
+                    yield emit(parts, pending_last)
 
-        held: Batch | None = None  # the last stream batch with rows, until the next is read
+        held: tuple[Batch, np.ndarray] | None = None  # the last batch with rows, its offsets
         sought_past = False  # rows before ``target`` were skipped
+        # as stored, unpaced: each held batch goes out as it is, without a chunking generator
+        plain = size is None and pacer is None
         try:
-            for rb, mark in self._stream():
-                batch = Batch(rb, self.stream_id, mark)
-                if not len(batch):
-                    if not mark:
+            for rb, tag, offs in self._stored():
+                if tag.part != "stream":
+                    continue
+                batch = Batch(rb, self.stream_id, tag.end_of_task)
+                if not len(offs):  # type: ignore[arg-type]
+                    if not tag.end_of_task:
                         continue
                     if held is not None:
-                        held = Batch(held.data, held.stream_id, True)
+                        held = (Batch(held[0].data, held[0].stream_id, True), held[1])
                     elif not sought_past:  # a mark before any row: handed on as it is
-                        yield emit([batch])
+                        yield emit([batch], None)
                     continue
-                if target is not None:
-                    offs = rb.column(OFFSET)
-                    if int(offs[-1].as_py()) < target:
-                        sought_past = True
+                if target is not None and int(offs[0]) < target:
+                    sought_past = True
+                    if int(offs[-1]) < target:
                         continue
-                    if int(offs[0].as_py()) < target:
-                        values = offs.to_numpy(zero_copy_only=False)
-                        start = int(np.searchsorted(values, target, side="left"))
-                        batch = batch.slice(start)
-                        sought_past = True
+                    start = int(np.searchsorted(offs, target, side="left"))
+                    batch, offs = batch.slice(start), offs[start:]
                 if held is not None:
-                    yield from chunks(held)
-                held = batch
+                    if plain:
+                        yield held[0], int(held[1][-1])
+                    else:
+                        yield from chunks(*held)
+                held = (batch, offs)  # type: ignore[assignment]
         except RecordingError:
             if held is not None:
-                yield from chunks(held)
+                yield from chunks(*held)
             if pending:
-                yield emit(pending)
+                yield emit(pending, pending_last)
             raise
         if held is not None:
-            yield from chunks(held)
+            yield from chunks(*held)
         if pending:
-            yield emit(pending)
+            yield emit(pending, pending_last)
 
 
 # -- recording a source -------------------------------------------------------------------

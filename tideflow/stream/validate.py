@@ -380,8 +380,8 @@ class Validate(Operator):
         # as the new mark or as a late one below it). So a batch whose offsets rise strictly
         # and start above the mark holds neither a duplicate nor a late offset: it only
         # moves the mark and the window, with no per-row work.
-        if (running is None or int(offsets[0]) > running) and (len(offsets) < 2 or
-                                                               bool((offsets[1:] > offsets[:-1]).all())):
+        rising = not np.count_nonzero(offsets[1:] <= offsets[:-1])
+        if rising and (running is None or int(offsets[0]) > running):
             recent.extend(offsets[-self.offset_window:].tolist() if self.offset_window else ())
             self._last_offset[batch.stream_id] = int(offsets[-1])
             return
