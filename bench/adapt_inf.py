@@ -249,15 +249,17 @@ def expert_use(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _table(rows: dict[str, dict[str, Any]], full: dict[str, float] | None) -> list[str]:
-    out = ["| method | acc | rare-class acc | worst class | pool at end | training rows | rows vs full pool "
-           "| training GFLOP | CPU s | wall s | of which selecting (wall) | experts chosen (clusters) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| method | acc | acc per seed | rare-class acc | rare per seed | worst class | pool at end "
+           "| training rows | rows vs full pool | training GFLOP | CPU s | wall s | of which selecting (wall) | experts chosen (clusters) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = r["mean"]
         ratio = f"{m['train_rows'] / full['train_rows']:.1%}" if full and full["train_rows"] else "-"
         experts = ", ".join(f"{k} {int(v)}" for k, v in sorted(r["experts"].items())) or "-"
         pool = "-" if np.isnan(m["pool_final"]) else f"{m['pool_final']:.0f}"
-        out.append(f"| {name} | {m['acc']:.1f} | {m['rare_acc']:.1f} | {m['worst_class']:.1f} | {pool} "
+        per_seed = {k: ", ".join(f"{run[k]:.1f}" for run in r["runs"]) for k in ("acc", "rare_acc")}
+        out.append(f"| {name} | {m['acc']:.1f} | {per_seed['acc']} | {m['rare_acc']:.1f} | {per_seed['rare_acc']} "
+                   f"| {m['worst_class']:.1f} | {pool} "
                    f"| {m['train_rows']:.0f} | {ratio} | {m.get('flops', 0.0) / 1e9:.1f} "
                    f"| {m.get('cpu_seconds', float('nan')):.1f} | {m['seconds']:.1f} | {m['select_seconds']:.1f} "
                    f"| {experts} |")
@@ -314,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-batches", type=int, default=240,
                     help="batches of the long-stream memory trace (0: skip it)")
     ap.add_argument("--out", default=str(REPO / "results" / "adapt_inf"),
-                    help="results path without suffix; the datasets and the trace run replace their own "
-                         "entries of an existing JSON there, the others are kept")
+                    help="results path without suffix; each (dataset, method) run and the trace replace "
+                         "their own entries of an existing JSON there, the others are kept")
     args = ap.parse_args(argv)
     import torch
 
@@ -345,8 +347,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"({runs[-1]['seconds']:.1f} s)", flush=True)
             results[label] = {"runs": runs, "mean": mean_of(runs), "experts": expert_use(runs),
                               "config": {"method": method, "overrides": overrides}}
-        doc["datasets"][name] = {"stream_rows": sources[seeds[0]].num_rows, "results": results,
-                                 "machine": machine, "seconds": time.perf_counter() - started}
+        for r in results.values():
+            r["machine"] = machine
+        entry = doc["datasets"].setdefault(name, {"results": {}, "invocations": []})
+        if "machine" in entry:  # a file written before runs were merged per method: one invocation
+            entry["invocations"] = [{"machine": entry.pop("machine"), "labels": list(entry["results"]),
+                                     "seconds": entry.pop("seconds", 0.0)}]
+        entry["stream_rows"] = sources[seeds[0]].num_rows
+        entry["results"].update(results)
+        entry.setdefault("invocations", []).append({"machine": machine, "labels": list(results),
+                                                    "seconds": time.perf_counter() - started})
     if args.memory_batches:
         doc["memory"] = {**memory_run(args.memory_batches), "machine": machine}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -374,11 +384,13 @@ def report(doc: dict[str, Any]) -> str:
         lines += [f"## {name} ({d['stream_rows']} stream rows)", "", *(_table(methods, full)), ""]
         if len(ablations) > 1:
             lines += [f"### {name}: ablations of adapt (one part changed)", "", *(_table(ablations, full)), ""]
-        m = d.get("machine")
-        if m:
-            lines += [f"Run {m.get('date')} at commit {m.get('git_commit')} (uncommitted changes in the tree: "
-                      f"{m.get('git_dirty')}), load average at start {m.get('loadavg_at_start')}, "
-                      f"{d.get('seconds', 0):.0f} s in all.", ""]
+        invocations = d.get("invocations") or ([{"machine": d["machine"], "labels": list(res),
+                                                  "seconds": d.get("seconds", 0.0)}] if "machine" in d else [])
+        for inv in invocations:
+            m = inv["machine"]
+            lines += [f"{'; '.join(inv['labels'])}: run {m.get('date')} at commit {m.get('git_commit')} "
+                      f"(uncommitted changes in the tree: {m.get('git_dirty')}), load average at start "
+                      f"{m.get('loadavg_at_start')}, {inv['seconds']:.0f} s in all.", ""]
     if "memory" in doc:
         mem = doc["memory"]
         lines += [f"## A long stream: pool, snapshot and memory over time (digits, {mem['batches']} batches)", "",
