@@ -56,8 +56,8 @@ BENCH = _bench()
 def floors() -> dict[str, dict[str, float]]:
     """The bench's protocol on digits, seeds 0 and 1 (means): random selection from the pool,
     Adapt-∞, Adapt-∞ with the pool pruned to a tenth of the stream. The protocol was fixed
-    before these three were compared; docs/methods/adapt-inf.md lists the three protocol
-    defects found on the way (each by a check that involves no selection method) and fixed."""
+    before these three were compared; docs/methods/adapt-inf.md says which choices fixed it
+    and why (noise on the standardised scale, no task column, every run from the start)."""
     runs: dict[str, list[dict[str, Any]]] = {"random": [], "adapt": [], "adapt-pruned": []}
     for seed in (0, 1):
         source = BENCH.redundant_stream(BENCH.load_images("digits", seed), seed)
