@@ -37,7 +37,8 @@ masks and the mask updates cost extra. **mask updates**: per run (0 where no lay
 
 Usage::
 
-    .venv/bin/python bench/dst.py                  # both parts, seeds 0 and 1 (CPU: about 20 min)
+    .venv/bin/python bench/dst.py                  # all three parts, seeds 0 and 1 (about 5 CPU-minutes a seed)
+    .venv/bin/python bench/dst.py --seeds 0        # seed 0 only: what results/dst.md holds (seed 1 was cut for time)
     .venv/bin/python bench/dst.py --quick          # a smoke run: 200 training rows per class, 1 pass
     .venv/bin/python bench/dst.py --jobs 2         # runs in parallel processes, one thread each
 
@@ -266,6 +267,7 @@ def report(doc: dict[str, Any]) -> str:
         "Means over seeds, the range in brackets. Share used: the share of the hidden layers' weights some task "
         "holds at the end. FLOPs count active weights only; the kernels are dense, so time does not fall with "
         "density. CPU s: the whole run's CPU time; learn s: wall time in learn (other jobs inflate it).", "",
+        *([f"Cut short: {doc['cut']}.", ""] if doc.get("cut") else []),
         f"## Split Fashion-MNIST (5 tasks x 2 classes, MLP 784-200-200, {p['epochs']} pass(es) per task)", "",
         *table(fashion, names), "",
     ]
@@ -277,7 +279,8 @@ def report(doc: dict[str, Any]) -> str:
                       *table(digits, [n for n, *_ in DIGITS_ROWS]), ""]
     table_runs = [r for r in runs if r["part"] == "table"]
     if table_runs:
-        lines += ["## A table: 24 numeric columns, 5 tasks x 2 classes (MLP 24-200-200 unless named)", "",
+        lines += ["## A table: 24 numeric columns, 5 tasks x 2 classes (MLP 24-200-200 unless named; every "
+                  "ratio against the dense MLP 24-200-200)", "",
                   *table(table_runs, [n for n, *_ in TABLE_ROWS]), ""]
     still = [f"{r['part']} {r['name']} seed {r['seed']}" for r in runs if r["density"] < 1.0 and not r["mask_updates"]]
     lines += [f"Sparse runs in which no mask moved: {len(still)}{': ' + ', '.join(still) if still else ''}.", ""]
