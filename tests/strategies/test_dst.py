@@ -295,6 +295,27 @@ def test_capacity_running_out_is_said_once_then_each_exhausted_task_learns_its_h
     assert sorted(p.value for p in logged) == sorted(float(o) for _, o in notices)
 
 
+@pytest.mark.xfail(strict=True, reason="the engine logs per batch only the extra keys in COMPUTE_EXTRA "
+                                       "(tideflow/strategies/base.py), which lacks 'network_share': MLflow gets "
+                                       "final_network_share at the end only")
+def test_the_share_in_use_reaches_mlflow_at_every_batch(tmp_path):
+    """The issue: the share of the network in use is logged to MLflow per batch. SparseTraining
+    reports each batch's change of the share, so the run's running sum (``cum_network_share``) is
+    the share in use after every batch."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = _run(split_digits("task", seed=0), _small(epochs=1), tracking_uri=uri, experiment="dst-share",
+             metrics_every_s=0)
+    shares = np.cumsum([b["extra"]["network_share"] for b in r.per_batch["s"]])
+    assert shares[-1] == pytest.approx(r.strategies["s"].network_share)
+    client = MlflowClient(uri)
+    child = client.search_runs([client.get_experiment_by_name("dst-share").experiment_id],
+                               filter_string="tags.mlflow.runName = 's'")[0]
+    logged = client.get_metric_history(child.info.run_id, "cum_network_share")
+    assert [p.value for p in sorted(logged, key=lambda p: p.step)] == pytest.approx(list(shares))
+
+
 # -- state and runners ----------------------------------------------------------------------------
 
 def test_snapshot_mid_task_through_a_sealed_checkpoint_resumes_identically():
