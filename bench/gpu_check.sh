@@ -9,17 +9,19 @@
 #      the GPU, then an Avalanche learn step on the Ray runner with num_gpus=1, and 0 as a
 #      control, printing whether the actor saw CUDA and where the model sat); first,
 #      because it is what the machine is for;
-#   4. times the image learners' learn on the CPU and, where there is one, on CUDA: PRD
-#      (images 28x28 through its MLP encoder, and 1280-value feature rows) and DKVB (1280-value
-#      rows, the toy codebooks and the paper's 256 x 4096 x 14), on seeded synthetic rows of 10
-#      classes (no data set needed); samples/s of learn, the key fit apart, cuda/cpu ratio;
+#   4. times the image learners' learn on the CPU and, where there is one, on CUDA
+#      (bench/image_throughput.py): PRD (images 28x28 through its MLP encoder, and 1280-value
+#      feature rows), DKVB (1280-value rows, the toy codebooks and the paper's 256 x 4096 x 14),
+#      DST (images 28x28, density 0.2 and dense) and EAR (images 28x28 with its encoder frozen,
+#      1280-value rows without one), on seeded synthetic rows of 10 classes (no data set needed);
+#      samples/s of learn, set-up (key fit, encoder phase) apart, cuda/cpu ratio;
 #   5. runs bench/learning_cost.py --device cpu, the CPU baseline on the same machine:
 #      every strategy, or only the Avalanche ones when less than 150 s are left;
 #   6. prints the CPU and GPU tables side by side (learning_cost.py --compare).
 # JSON and a log go to $OUT when it is set, else bench/results/:
 #   learning_cost_cpu.json, learning_cost_cuda.json, image_learners.json, gpu_check.log
 #
-# The whole run is kept under BUDGET_S seconds (default 390): every step gets a timeout
+# The whole run is kept under BUDGET_S seconds (default 430): every step gets a timeout
 # from what is left, and learning_cost.py a --budget a little shorter, so that it skips
 # the strategies it has no time for (reported as skipped) and still prints its table;
 # its JSON is rewritten after every strategy. SCALE (default 1) scales both runs alike.
@@ -27,7 +29,7 @@
 # .venv; 1 a step failed or timed out.
 set -u -o pipefail
 
-BUDGET_S=${BUDGET_S:-390}
+BUDGET_S=${BUDGET_S:-430}
 SCALE=${SCALE:-1}
 START=$SECONDS
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
@@ -101,88 +103,16 @@ if [ "$HAVE_CUDA" = 1 ]; then
     fi
 fi
 
-# PRD and DKVB: learn throughput on the CPU, then on CUDA when torch sees it (one process; every
-# case gets an equal share of the step's time and stops its timed batches when that is spent)
-say "image learners (PRD, DKVB): learn throughput on CPU$( [ "$HAVE_CUDA" = 1 ] && echo ' and CUDA')"
-t=$(budget_for 75 60)
-if ! timeout "$t" "$PY" - "$OUTDIR/image_learners.json" "$HAVE_CUDA" $((t - 20)) <<'EOF'
-import json, sys, time
-
-import numpy as np
-import torch
-
-import tideflow as tf
-
-out_path, have_cuda, budget = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
-torch.set_num_threads(1)
-start = time.perf_counter()
-
-
-def rows(shape, n, seed=0):
-    """n rows of 10 classes (a Gaussian around each class's own random mean), standardised, float32."""
-    rng = np.random.default_rng(seed)
-    d = int(np.prod(shape))
-    y = rng.integers(0, 10, n)
-    x = rng.normal(size=(10, d))[y] + rng.normal(size=(n, d))
-    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32).reshape(n, *shape)
-    return x, y.astype(np.int64)
-
-
-def stream(shape, n, batch):
-    x, y = rows(shape, n)
-    schema = tf.Schema({"x": tf.Tensor(shape, "float32"), "y": "int64"}, target="y")
-    batches = [tf.Batch.from_pydict({"x": tf.tensor_array(x[i:i + batch]), "y": y[i:i + batch]}, stream_id="s",
-                                    first_offset=i) for i in range(0, n, batch)]
-    # the key fit sees 512 rows: its cost is reported apart and is not what is compared
-    return schema, batches, tf.Batch.from_pydict({"x": tf.tensor_array(x[:512])}, stream_id="s")
-
-
-PAPER = {"codebooks": 256, "keys": 4096, "key_dim": 14, "init_epochs": 1}
-CASES = [  # name, input shape, rows, batch, factory(device)
-    ("prd, image 28x28", (28, 28), 2048, 128, lambda d: tf.PrototypeDistillation(10, minibatch=128, device=d)),
-    ("prd, 1280 features", (1280,), 2048, 128, lambda d: tf.PrototypeDistillation(10, minibatch=128, device=d)),
-    ("dkvb toy, 1280 features", (1280,), 4096, 256, lambda d: tf.KeyValueBottleneck(10, device=d)),
-    ("dkvb paper sizes, 1280 features", (1280,), 4096, 256, lambda d: tf.KeyValueBottleneck(10, device=d, **PAPER)),
-]
-devices = ["cpu"] + (["cuda"] if have_cuda and torch.cuda.is_available() else [])
-todo = [(c, d) for c in CASES for d in devices]
-results = []
-for i, ((name, shape, n, batch, make), device) in enumerate(todo):
-    share = max(3.0, (budget - (time.perf_counter() - start)) / (len(todo) - i))
-    schema, batches, unlabeled = stream(shape, n, batch)
-    learner = make(device)
-    learner.bind(schema)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    t0 = time.perf_counter()
-    learner.prepare(unlabeled)  # DKVB fits its keys here (PRD: nothing)
-    learner.learn(batches[0])  # first batch apart: model construction, CUDA context, lazy set-up
-    sync()
-    first = time.perf_counter() - t0
-    learned = seconds = 0.0
-    for b in batches[1:]:
-        t = time.perf_counter()
-        learner.learn(b)
-        sync()
-        seconds += time.perf_counter() - t
-        learned += len(b)
-        if time.perf_counter() - t0 > share or time.perf_counter() - start > budget:
-            break
-    rate = learned / seconds if seconds else None
-    results.append({"case": name, "device": device, "rows_timed": int(learned), "learn_s": seconds,
-                    "samples_per_s": rate, "first_batch_s": first})
-    print(f"{name:34s} {device:4s} {'-' if rate is None else f'{rate:10.0f}'} samples/s over {int(learned)} rows"
-          f" (key fit + first batch {first:.2f} s)", flush=True)
-by = {(r["case"], r["device"]): r["samples_per_s"] for r in results}
-for name, *_ in CASES:
-    cpu, gpu = by.get((name, "cpu")), by.get((name, "cuda"))
-    if cpu and gpu:
-        print(f"{name:34s} cuda/cpu {gpu / cpu:.1f}x")
-if "cuda" not in devices:
-    print("no CUDA: the image learners were timed on the CPU only")
-with open(out_path, "w") as fh:
-    json.dump({"devices": devices, "torch": torch.__version__, "results": results}, fh, indent=2)
-EOF
-then
+# the image learners (PRD, DKVB, DST, EAR): learn throughput on the CPU, then on CUDA when torch
+# sees it (bench/image_throughput.py: one process; its --budget is the cases' time, the step's
+# last 40 s are for its imports; every case gets an equal share and stops its timed batches when
+# that is spent, and the JSON is rewritten after every case)
+say "image learners (PRD, DKVB, DST, EAR): learn throughput on CPU$( [ "$HAVE_CUDA" = 1 ] && echo ' and CUDA')"
+t=$(budget_for 120 60)
+cuda_flag=()
+[ "$HAVE_CUDA" = 1 ] && cuda_flag=(--cuda)
+if ! timeout "$t" "$PY" bench/image_throughput.py "$OUTDIR/image_learners.json" ${cuda_flag[@]+"${cuda_flag[@]}"} \
+        --budget $((t - 40)); then
     echo "FAILED or timed out: image learners' throughput"
     status=1
 fi
