@@ -9,7 +9,10 @@ driver waits for the oldest before submitting more, which is the backpressure
 that keeps memory and the object store bounded when a strategy is slow. When a
 graph has several learn steps, events a strategy raises reach the others
 ``event_lag`` batches later (`tideflow.pipelines.runners.data_path.Mailbox`), so
-at most ``event_lag`` batches are in flight then.
+at most ``event_lag`` batches are in flight then. When every learner runs in the source
+actor (chained), groups of small batches grow for transport up to a short delay bound
+(coalescing, `_drive`): one call and one reply carry many batches, each of which was still
+validated, scored and learned on its own, so the metrics are those of the local runner.
 
 The actors are in `tideflow.pipelines.runners.ray_actors`; joining or starting Ray
 in `tideflow.pipelines.runners.ray_session`.
@@ -31,6 +34,12 @@ from tideflow.pipelines.runners.ray_actors import Actors
 from tideflow.pipelines.runners.ray_session import ensure_ray, wait_for_actors
 from tideflow.stream.operator import SideOutput
 from tideflow.stream.schema import Schema
+
+
+#: transport coalescing (`_drive`): how long a group of small batches may wait for more, and
+#: how many batches beyond max_in_flight it may take
+COALESCE_DELAY_S = 0.005
+COALESCE_BATCHES = 256
 
 
 def _is_fault(exc: BaseException) -> bool:
@@ -170,7 +179,25 @@ def _drive(ray: Any, actors: Actors, collector: Collector, mailbox: Mailbox, *, 
                                "learners": {n: ray.get(r) for n, r in refs["learners"].items()}}}
         return None
 
-    pending = source.next_refs.remote(max_in_flight)
+    # Coalescing (`SourceActor.next_refs`): with every learner chained into the source actor,
+    # a group may grow past max_in_flight while its first batch is younger than
+    # COALESCE_DELAY_S, by at most COALESCE_BATCHES, and it ends where a checkpoint is due by
+    # count (so a checkpoint is never later than with groups of max_in_flight). Learner actors
+    # get groups of max_in_flight as before: the backpressure bound counts their batches.
+    def group(group_end: int, ckpt: int) -> tuple[int, int, float]:
+        """(batches, more batches, delay) of the group after ``group_end``, the last checkpoint
+        before it being at ``ckpt``."""
+        if not actors.chained:
+            return max_in_flight, 0, 0.0
+        room = COALESCE_BATCHES + max_in_flight
+        if checkpoint_every:
+            room = ckpt + checkpoint_every - group_end  # the due batch ends the group
+            if room < 1:  # due already (a checkpoint still being taken): as without coalescing
+                return max_in_flight, 0, 0.0
+        first = min(max_in_flight, room)
+        return first, min(COALESCE_BATCHES, room - first), COALESCE_DELAY_S
+
+    pending = source.next_refs.remote(*group(after, after))
     while True:
         ready = ray.get(pending)
         if not ready:
@@ -184,7 +211,8 @@ def _drive(ray: Any, actors: Actors, collector: Collector, mailbox: Mailbox, *, 
             snap_source = source.snapshot.remote()
         # prefetch: the source reads (and, fused, runs the data path on) the next
         # group while the learners work on this one
-        pending = source.next_refs.remote(max_in_flight)
+        ckpt = group_end if snap_source is not None else last_ckpt  # the checkpoint before the next group
+        pending = source.next_refs.remote(*group(group_end, ckpt))
         for seq, rows, env, fused_side, done in ready:
             sides: list[Any] = [] if fused_side is None else [fused_side]
             for actor in chain:

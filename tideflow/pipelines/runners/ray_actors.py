@@ -18,6 +18,7 @@ its share of the keys (stable hash), so no batch is copied per key on the way.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from tideflow.pipelines.graph import Graph
@@ -84,17 +85,30 @@ class SourceActor:
         self.it = source.batches()
         self.seq = 0
 
-    def next_refs(self, k: int) -> list[tuple[int, int, Any, SideOutput | None, dict[str, LearnResult]]]:
-        """Up to ``k`` next batches: ``(seq, rows read, envelope ref or None, side or None, results)``."""
+    def next_refs(self, k: int, more: int = 0, max_delay_s: float = 0.0
+                  ) -> list[tuple[int, int, Any, SideOutput | None, dict[str, LearnResult]]]:
+        """Up to ``k`` next batches: ``(seq, rows read, envelope ref or None, side or None, results)``.
+
+        Coalescing for transport: up to ``more`` batches beyond ``k`` join the group while less
+        than ``max_delay_s`` has passed since its first batch was read, so that many small
+        batches cost one call and one reply. Each batch still goes through the data path and
+        the learners on its own: only the group, never a batch, grows. The driver asks for more
+        only when every learner runs in this actor (nothing waits behind the group elsewhere).
+        """
         import ray
 
         out = []
-        for _ in range(k):
+        deadline = None
+        for i in range(k + more):
             if self.max_batches is not None and self.seq >= self.max_batches:
+                break
+            if i >= k and time.perf_counter() >= deadline:  # type: ignore[operator]
                 break
             batch = next(self.it, None)
             if batch is None:
                 break
+            if deadline is None:
+                deadline = time.perf_counter() + max_delay_s
             rows = len(batch)
             batch, events, side, results = self.path.step(self.seq, batch)
             ref = ray.put(_Envelope(self.seq, batch, events)) if self.put else None
