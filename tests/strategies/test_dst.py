@@ -295,9 +295,6 @@ def test_capacity_running_out_is_said_once_then_each_exhausted_task_learns_its_h
     assert sorted(p.value for p in logged) == sorted(float(o) for _, o in notices)
 
 
-@pytest.mark.xfail(strict=True, reason="the engine logs per batch only the extra keys in COMPUTE_EXTRA "
-                                       "(tideflow/strategies/base.py), which lacks 'network_share': MLflow gets "
-                                       "final_network_share at the end only")
 def test_the_share_in_use_reaches_mlflow_at_every_batch(tmp_path):
     """The issue: the share of the network in use is logged to MLflow per batch. SparseTraining
     reports each batch's change of the share, so the run's running sum (``cum_network_share``) is

@@ -42,8 +42,10 @@ from tideflow.stream.operator import Stateful
 from tideflow.stream.schema import Schema
 
 
-#: keys of `StepReport.extra` that count compute (summed, logged as ``cum_<key>`` per batch)
-COMPUTE_EXTRA = frozenset({"train_rows", "flops", "fit_windows", "examples"})
+#: keys of `StepReport.extra` whose running sum is logged per batch as ``cum_<key>``: the compute
+#: counters, and levels a strategy reports as changes so that the sum is the level
+#: (``network_share``: the share of a sparse network some task holds)
+COMPUTE_EXTRA = frozenset({"train_rows", "flops", "fit_windows", "examples", "network_share"})
 
 
 @dataclass
