@@ -33,6 +33,10 @@ list of ``(x dict, y)`` pairs for River. Model: ``StandardScaler | LinearRegress
   runner), which splits our cost between the adapter and the runner.
 * *river block*: at B > 1 a hand-written River loop that predicts a whole block of B
   rows before learning it, which is what batch-prequential evaluation means.
+* *ours per-event*: at B > 1 the *ours* run with ``RiverStrategy(model, per_event=True)``:
+  each row of a batch is predicted by the model that has learned the rows before it, so
+  its MAE must equal River's ``progressive_val_score`` ("per-event MAE = pvs") while the
+  engine moves batches of B rows.
 
 The MAEs are printed side by side. At B = 1 ours and River's progressive validation
 are the same computation and agree to the last digit. At B > 1 ours predicts each batch
@@ -318,10 +322,10 @@ def run_river_block(rows: list[tuple[dict[str, float], float]], batch_size: int)
             "mae": abs_err / len(rows)}
 
 
-def run_ours_pipeline(batches: list[Batch], schema: Schema) -> dict[str, Any]:
+def run_ours_pipeline(batches: list[Batch], schema: Schema, per_event: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tideflow-bench-") as tmp:
         pipeline = (tf.Pipeline("peers-river").source(tf.MemorySource(batches, schema))
-                    .learn(tf.RiverStrategy(river_model()), name="river"))
+                    .learn(tf.RiverStrategy(river_model(), per_event=per_event), name="river"))
         t, c = time.perf_counter(), time.process_time()
         result = pipeline.run(runner="local", tracking=False, progress=False, output_dir=tmp)
         seconds, cpu = time.perf_counter() - t, time.process_time() - c
@@ -358,6 +362,7 @@ def bench_river(args: argparse.Namespace, console: Any) -> list[dict[str, Any]]:
                    "adapter": lambda: run_ours_adapter(batches, schema)}
         if bs > 1:
             runners["block"] = lambda: run_river_block(rows, bs)
+            runners["per_event"] = lambda: run_ours_pipeline(batches, schema, per_event=True)
         reps: dict[str, list[dict[str, Any]]] = {k: [] for k in runners}
         for r in range(args.repeats):
             order = list(runners) if r % 2 == 0 else list(reversed(runners))
@@ -368,15 +373,23 @@ def bench_river(args: argparse.Namespace, console: Any) -> list[dict[str, Any]]:
         mae = {who: reps[who][0]["mae"] for who in reps}
         ref = "river" if bs == 1 else "block"
         agree = abs(mae["ours"] - mae[ref]) <= 1e-9 * max(1.0, abs(mae[ref]))
+        # per-event learning in batches: River's own progressive validation, to the last digits
+        per_event_agrees = (abs(mae["per_event"] - mae["river"]) <= 1e-9 * max(1.0, abs(mae["river"]))
+                            if "per_event" in mae else None)
         row = {"batch_size": bs, "events": n, "eps": med, "eps_cpu": med_cpu, "mae": mae, "mae_reference": ref,
                "mae_agrees": agree, "ours_over_river": med["ours"] / med["river"],
                "ours_over_river_cpu": med_cpu["ours"] / med_cpu["river"],
                "adapter_over_river": med["adapter"] / med["river"],
                "ours_over_river_block": (med["ours"] / med["block"]) if "block" in med else None,
+               "per_event_over_river": (med["per_event"] / med["river"]) if "per_event" in med else None,
+               "per_event_over_river_cpu": (med_cpu["per_event"] / med_cpu["river"]) if "per_event" in med else None,
+               "per_event_mae_agrees": per_event_agrees,
                "repeats": reps}
         console.print(f"  batch {bs:>4}: river {_fmt_eps(med['river'])}/s, ours {_fmt_eps(med['ours'])}/s, "
                       f"adapter {_fmt_eps(med['adapter'])}/s; MAE river {mae['river']:.6f}, ours {mae['ours']:.6f}"
                       + (f", river block {mae['block']:.6f}" if "block" in mae else "")
+                      + (f"; per-event {_fmt_eps(med['per_event'])}/s, MAE {mae['per_event']:.6f}"
+                         if "per_event" in mae else "")
                       + ("" if agree else f"  [yellow]MAE differs from the {ref} reference[/]"))
         out.append(row)
     return out
@@ -444,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         t = Table(title=f"River StandardScaler|LinearRegression on friedman-drift: ours vs "
                         f"river.evaluate.progressive_val_score, events/s (median of {args.repeats})")
         for c in ("batch", "events", "river pvs", "ours", "ours/river", "by CPU s", "adapter only",
-                  "adapter/river", "river block", "MAE river pvs", "MAE ours", "MAE river block", "MAE agrees"):
+                  "adapter/river", "river block", "MAE river pvs", "MAE ours", "MAE river block", "MAE agrees",
+                  "ours per-event", "per-event/river", "by CPU s ", "per-event MAE = pvs"):
             t.add_column(c, justify="right")
         for r in river_rows:
             e, m = r["eps"], r["mae"]
@@ -453,12 +467,17 @@ def main(argv: list[str] | None = None) -> int:
                       _fmt_eps(e["adapter"]), _fmt_ratio(e["adapter"], e["river"]),
                       _fmt_eps(e.get("block")), f"{m['river']:.6f}", f"{m['ours']:.6f}",
                       "-" if "block" not in m else f"{m['block']:.6f}",
-                      f"{'yes' if r['mae_agrees'] else 'NO'} ({r['mae_reference']})")
+                      f"{'yes' if r['mae_agrees'] else 'NO'} ({r['mae_reference']})",
+                      _fmt_eps(e.get("per_event")), _fmt_ratio(e.get("per_event"), e["river"]),
+                      _fmt_ratio(r["eps_cpu"].get("per_event"), r["eps_cpu"]["river"]),
+                      "-" if r["per_event_mae_agrees"] is None else ("yes" if r["per_event_mae_agrees"] else "NO"))
         console.print(t)
         console.print("ours = Pipeline.run(runner='local'); by CPU s = ours/river by process CPU time; adapter only "
                       "= RiverStrategy.predict + learn in a bare loop. At B > 1 ours predicts each batch with the "
                       "model from before it (batch-prequential), so its MAE matches the 'river block' loop, not "
-                      "River's per-event progressive validation.")
+                      "River's per-event progressive validation. ours per-event = the same run with "
+                      "RiverStrategy(per_event=True): each row predicted by the model that learned the rows before "
+                      "it, so its MAE is River's progressive_val_score's.")
     info["loadavg_at_end"] = _loadavg()
     console.print(f"total wall time {total_s:.1f} s; load average at start {info['loadavg_at_start']}, at end "
                   f"{info['loadavg_at_end']} (other processes on the machine skew the numbers)")
@@ -480,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                       "events": args.river_events,
                       "ours": "wall time of Pipeline.run(runner='local', tracking=False, progress=False) on a "
                               "MemorySource of prebuilt batches",
-                      "river": "progressive_val_score(list of (x, y), model, MAE())"},
+                      "river": "progressive_val_score(list of (x, y), model, MAE())",
+                      "per_event": "as ours, with RiverStrategy(per_event=True) (B > 1)"},
         },
         "machine": info,
         "total_seconds": total_s,

@@ -33,6 +33,14 @@ Protocol:
   per-batch completion timestamp taken in the driver by the engine's ``BatchTimes``
   observer (``run(observers=[BatchTimes()])``, the same on both runners).
   ``startup`` is the time from the start of the run to the first batch completed.
+* Per-event latency: the source is wrapped (``Stamped``) so that it writes the time each
+  batch leaves it (``perf_counter``, CLOCK_MONOTONIC on Linux: one clock for the driver and
+  the Ray actors) on every path, plain included; an event's latency is its batch's
+  completion time in the driver (``BatchTimes``) minus that stamp: from the source reading
+  the event to its prediction being scored and recorded. The table gives p50 and p99 over
+  events. On the Ray runner a chained graph (this one) hands batches to the driver in
+  groups that grow for transport up to a few milliseconds (coalescing,
+  ``tideflow/pipelines/runners/ray.py``): throughput against latency at small batches.
 * Each measurement is repeated ``--repeats`` times; the table shows medians; every
   repeat is in the JSON.
 
@@ -62,7 +70,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a file from anywhere, without installing
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+
 import tideflow as tf  # noqa: E402
+from tideflow.connectors.base import Source  # noqa: E402
 from tideflow.connectors.recording import RecordingSource, record  # noqa: E402
 from tideflow.pipelines.evaluation import Scores, score  # noqa: E402
 from tideflow.pipelines.metrics.batch_times import BatchTimes, steady_state  # noqa: E402
@@ -77,13 +88,64 @@ SEED = 0
 
 # -- the pipeline -------------------------------------------------------------------------
 
-def make_pipeline(path: Path, batch_size: int) -> tf.Pipeline:
-    """A fresh pipeline (operators and learner keep state, so one per measurement)."""
+class Stamped(Source):
+    """The recording, writing the time each batch leaves it to ``log`` (one line per batch, in
+    order): ``time.perf_counter``, which on Linux reads CLOCK_MONOTONIC, one clock for every
+    process on the machine, so a Ray actor's stamps compare with the driver's. Lines are
+    buffered and flushed every 64 batches and at the ``last`` one, so a stamp costs no write."""
+
+    def __init__(self, inner: RecordingSource, log: str, last: int | None) -> None:
+        self.inner, self.log, self.last, self.stream_id = inner, log, last, inner.stream_id
+
+    def schema(self) -> Any:
+        return self.inner.schema()
+
+    def params(self) -> dict[str, Any]:
+        return self.inner.params()
+
+    def batches(self) -> Any:
+        with open(self.log, "a", buffering=1 << 16) as fh:
+            for i, b in enumerate(self.inner.batches()):
+                fh.write(f"{time.perf_counter()!r}\n")
+                if i % 64 == 63 or (self.last is not None and i + 1 == self.last):
+                    fh.flush()
+                yield b
+
+    def seek(self, offset: int) -> None:
+        self.inner.seek(offset)
+
+    @property
+    def position(self) -> int:
+        return self.inner.position
+
+
+def latencies(log: Path, ts: list[tuple[float, int]]) -> dict[str, Any]:
+    """Per-event latency from the source handing out an event's batch to its prediction being
+    scored (the batch's completion in the driver): p50 and p99 over events (each batch weighs
+    its rows), in milliseconds."""
+    read = [float(x) for x in log.read_text().split()] if log.exists() else []
+    n = min(len(read), len(ts))
+    if not n:
+        return {"p50_ms": None, "p99_ms": None, "batches_stamped": 0}
+    lat = np.array([ts[i][0] - read[i] for i in range(n)]) * 1e3
+    rows = np.array([max(1, ts[i][1]) for i in range(n)])
+    per_event = np.repeat(lat, rows)
+    return {"p50_ms": float(np.percentile(per_event, 50)), "p99_ms": float(np.percentile(per_event, 99)),
+            "batches_stamped": n}
+
+
+def make_pipeline(path: Path, batch_size: int, log: Path | None = None,
+                  max_batches: int | None = None) -> tf.Pipeline:
+    """A fresh pipeline (operators and learner keep state, so one per measurement); with ``log``,
+    its source stamps every batch it hands out (`Stamped`)."""
     from river import linear_model, preprocessing
 
+    source: Source = RecordingSource(path, batch_size=batch_size)
+    if log is not None:
+        source = Stamped(source, str(log), max_batches)  # type: ignore[arg-type]
     return (
         tf.Pipeline("runner-overhead")
-        .source(RecordingSource(path, batch_size=batch_size))
+        .source(source)
         .validate()
         .detect(tf.DetectDrift(on="x0"))
         .learn(tf.RiverStrategy(preprocessing.StandardScaler() | linear_model.LinearRegression()),
@@ -91,14 +153,14 @@ def make_pipeline(path: Path, batch_size: int) -> tf.Pipeline:
     )
 
 
-def run_plain(path: Path, batch_size: int, max_batches: int | None) -> dict[str, Any]:
+def run_plain(path: Path, batch_size: int, max_batches: int | None, log: Path | None = None) -> dict[str, Any]:
     """The reference (see the module docstring): the built graph's own operators in a bare loop.
 
     Its parts are the engine's public ones (``run_chain``, ``score``, ``Scores``), so the
     reference does the same data-path and scoring work as the runners, bit for bit: the
     prequential MAE of every path must agree, which ``main`` checks.
     """
-    graph = make_pipeline(path, batch_size).build()  # validates and binds the strategy
+    graph = make_pipeline(path, batch_size, log, max_batches).build()  # validates and binds the strategy
     source = graph.source.op
     chain = [s.op for s in graph.chain]
     strategy = graph.learners[0].op
@@ -109,8 +171,10 @@ def run_plain(path: Path, batch_size: int, max_batches: int | None) -> dict[str,
     drift = 0
     ts: list[tuple[float, int]] = []  # (completion time, rows read), as BatchTimes records for the runners
     start = time.perf_counter()
-    for seq, batch in enumerate(source.batches()):
-        if max_batches is not None and seq >= max_batches:
+    batches = source.batches()
+    for seq in range(max_batches if max_batches is not None else sys.maxsize):
+        batch = next(batches, None)  # read no batch past max_batches, as the runners do
+        if batch is None:
             break
         n = len(batch)
         current, events, _ = run_chain(chain, batch, [])
@@ -129,9 +193,9 @@ def run_plain(path: Path, batch_size: int, max_batches: int | None) -> dict[str,
 
 
 def run_runner(runner: str, path: Path, batch_size: int, max_batches: int | None, *, out: Path,
-               max_in_flight: int) -> dict[str, Any]:
+               max_in_flight: int, log: Path | None = None) -> dict[str, Any]:
     """One run of the engine; per-batch completion times come from its ``BatchTimes`` observer."""
-    pipeline = make_pipeline(path, batch_size)
+    pipeline = make_pipeline(path, batch_size, log, max_batches)
     fused = runner != "ray-unfused"
     times = BatchTimes()
     result = pipeline.run(runner=runner.split("-")[0], tracking=False, progress=False, max_batches=max_batches,
@@ -150,6 +214,8 @@ def derive(rec: dict[str, Any]) -> dict[str, Any]:
     out["batches"] = len(ts) if ts else None
     out["steady_eps"] = steady_state(ts) if ts else None
     out["first_batch_s"] = (ts[0][0] - rec["t0"]) if ts else None
+    if rec.get("log") is not None and ts:
+        out.update({f"latency_{k}": v for k, v in latencies(rec["log"], ts).items()})
     return out
 
 
@@ -161,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=400_000,
                     help="events recorded, and used per measurement at large batch sizes (default 400000: "
                          "~10 s per run, long enough for a steady-state figure that repeats within a few %%)")
-    ap.add_argument("--batch-sizes", default="64,1024,8192", help="comma-separated (default 64,1024,8192)")
+    ap.add_argument("--batch-sizes", default="1,64,1024,8192", help="comma-separated (default 1,64,1024,8192)")
     ap.add_argument("--max-batches", type=int, default=600,
                     help="at most this many batches per measurement: events = min(events, B * this) "
                          "(default 600)")
@@ -219,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeats):
                 for runner in runners:
                     run_no += 1
+                    log = tmpdir / f"stamps{run_no}.txt"
                     if runner == "plain":
-                        rec = run_plain(path, bs, max_batches)
+                        rec = run_plain(path, bs, max_batches, log)
                     else:
                         rec = run_runner(runner, path, bs, max_batches, out=tmpdir / f"run{run_no}",
-                                         max_in_flight=args.max_in_flight)
+                                         max_in_flight=args.max_in_flight, log=log)
                         if runner.startswith("ray"):
                             time.sleep(1.0)  # let the killed actors' processes exit before the next timing
+                    rec["log"] = log
                     d = derive(rec)
                     if d["rows"] != events:
                         raise RuntimeError(f"{runner} at batch {bs} read {d['rows']} events, expected {events}")
@@ -235,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                              if runner.startswith("ray") and d["first_batch_s"] is not None else "")
                     console.print(f"  batch {bs:>5} {runner:<11} {d['rows']:>7,} events in {d['seconds']:6.2f} s "
                                   f"= {_fmt_eps(d['eps']):>7}/s{steady}{start}")
-            med = {r: {k: _median([d[k] for d in reps[r]]) for k in ("eps", "steady_eps", "seconds", "first_batch_s")}
+            keys = ("eps", "steady_eps", "seconds", "first_batch_s", "latency_p50_ms", "latency_p99_ms")
+            med = {r: {k: _median([d[k] for d in reps[r] if d.get(k) is not None]) for k in keys}
                    for r in runners}
             maes = {r: reps[r][0]["mae"] for r in runners}
             ref = next(iter(maes.values()))
@@ -248,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{r}_seconds"] = med[r]["seconds"]
                 row[f"{r}_steady_eps"] = med[r]["steady_eps"]
                 row[f"{r}_first_batch_s"] = med[r]["first_batch_s"]
+                row[f"{r}_latency_p50_ms"] = med[r]["latency_p50_ms"]
+                row[f"{r}_latency_p99_ms"] = med[r]["latency_p99_ms"]
                 row[f"{r}_repeats"] = reps[r]
 
             def ratio(a: str, b: str, key: str = "eps") -> float | None:
@@ -298,6 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows_out:
         table.add_row(*(cell(row) for _, _, cell in spec))
     console.print(table)
+    lat = Table(title="per-event latency, ms: from the source handing out the event's batch to its prediction "
+                      f"being scored (median over repeats of each run's p50 / p99 over events)")
+    for header in ("batch", *(f"{r} p50 / p99" for r in runners)):
+        lat.add_column(header, justify="right")
+
+    def _ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    for row in rows_out:
+        lat.add_row(str(row["batch_size"]), *(f"{_ms(row.get(f'{r}_latency_p50_ms'))} / "
+                                              f"{_ms(row.get(f'{r}_latency_p99_ms'))}" for r in runners))
+    console.print(lat)
     console.print("ray ev/s includes actor start-up (2 actors per run fused, 4 unfused); 'steady' skips the first max(3, 10%) "
                   "batches; ray.init is excluded.")
     info["loadavg_at_end"] = _loadavg()
@@ -316,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             "steady_state": "events/s over batches after the first max(3, ceil(10%)), from driver-side "
                             "per-batch completion timestamps",
             "ray_eps": "total: rows / RunResult.seconds, actor start-up included; ray.init excluded",
+            "latency": "per event: driver-side completion time of its batch minus the time the source handed "
+                       "the batch out (perf_counter = CLOCK_MONOTONIC, shared by the actors' processes); p50 and "
+                       "p99 over events, each batch weighted by its rows; the source stamps every batch on every "
+                       "path, plain included",
         },
         "machine": info,
         "record_seconds": record_s,
