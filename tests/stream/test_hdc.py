@@ -98,6 +98,12 @@ def test_events_become_other_strategies_task_boundaries_and_reach_mlflow(tmp_pat
     client = MlflowClient(uri)
     points = client.get_metric_history(result.run_id, "drift.hdc")
     assert sorted(p.value for p in points) == [float(e.offset) for e in events]
+    # and drawn on the run's timeline, like every other drift event, which goes to the MLflow run
+    from tideflow.pipelines.metrics.timeline import timeline
+
+    drawn = timeline(result, tmp_path / "t.png")
+    assert drawn["events"]["hdc"] == [e.offset for e in events] and (tmp_path / "t.png").stat().st_size > 0
+    assert "timeline.png" in [a.path for a in client.list_artifacts(result.run_id)]
 
 
 def test_graph_check_names_a_missing_column_and_rows_it_cannot_score_are_counted():

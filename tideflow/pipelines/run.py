@@ -228,6 +228,8 @@ def _finish(graph: Graph, runner: str, collector: Collector, tracker: Any, out: 
             tracker.log_artifact(str(collector.quarantine.path))
         if result.cl_metrics and result.run_id:
             _log_matrices(result, tracker, out)
+        if result.run_id:
+            _log_timeline(result, tracker, out)
     except Exception as exc:  # noqa: BLE001 - both are in the output folder as well
         logging.getLogger("tideflow").error("MLflow artifacts not stored (%s); they are in %s", exc, out)
     tracker.end(status)
@@ -245,6 +247,14 @@ def _log_matrices(result: RunResult, tracker: Any, out: Path) -> None:
         tracker.log_dict(metrics.to_dict(), "accuracy_matrix.json", name=name)
         png = heatmap(metrics, out / f"accuracy_matrix_{name}.png", title=f"{result.pipeline}: {name}")
         tracker.log_artifact(str(png), name=name)
+
+
+def _log_timeline(result: RunResult, tracker: Any, out: Path) -> None:
+    """Scores over the stream with every drift event and task boundary drawn, when there is one."""
+    from tideflow.pipelines.metrics.timeline import has_marks, timeline
+
+    if has_marks(result):
+        tracker.log_artifact(str(timeline(result, out / "timeline.png")["path"]))
 
 
 def _say_shortfall(result: RunResult) -> None:
