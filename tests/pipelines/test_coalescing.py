@@ -2,8 +2,9 @@
 
 When every learner runs in the source actor, a group handed to the driver may grow past
 ``max_in_flight`` while its first batch is younger than a delay bound, and never past the next
-checkpoint due by count. Each batch still passes the data path and the learners on its own, so a
-run's metrics equal the local runner's; checkpoints keep their schedule.
+checkpoint due by count. Learner actors take several batches per call (``step_many``). Each
+batch still passes the data path and the learners on its own, so a run's metrics equal the
+local runner's; checkpoints keep their schedule.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from river import linear_model, preprocessing
 
 import tideflow as tf
 from tideflow.connectors.base import Source
-from tideflow.pipelines.runners.ray_actors import SourceActor
+from tideflow.pipelines.learn_step import make_learner
+from tideflow.pipelines.runners.ray_actors import LearnerActor, SourceActor, _Envelope
+from tideflow.stream.events import DriftEvent
 from tideflow.testing import comparable
 
 
@@ -70,3 +73,25 @@ def test_a_coalesced_ray_run_matches_local_and_checkpoints_on_schedule(ray_sessi
     seqs = [json.loads(line)["seq"] for line in history.read_text().splitlines()]
     # groups that could grow to 258 batches still end where a checkpoint is due
     assert seqs == [39, 79, 119], seqs
+
+
+def test_several_batches_in_one_learner_call_learn_as_one_call_each():
+    source = _one_row_batches(12)
+    graph = (tf.Pipeline("meter").source(source)
+             .learn(tf.RiverStrategy(preprocessing.StandardScaler() | linear_model.LinearRegression(),
+                                     react_to="any"), name="m")
+             .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="other").build())
+
+    def actor() -> LearnerActor:
+        return LearnerActor(make_learner(graph, "m", source.schema(), label_delay=0,
+                                         strategy=graph.step("m").op.clone()), 1)
+
+    envs = [_Envelope(i, b, []) for i, b in enumerate(source.batches())]
+    mails = [[DriftEvent(stream_id="meter", offset=5, detector="raised", statistic="x0", step="other")] if i == 6 else [] for i in range(12)]
+    one, many = actor(), actor()
+    singly = [one.step(env, mail) for env, mail in zip(envs, mails)]
+    grouped = list(many.step_many(mails[:5], *envs[:5])) + list(many.step_many(mails[5:], *envs[5:]))
+    assert [r.parts for r in grouped] == [r.parts for r in singly]
+    state = [json.dumps(a.learner.snapshot(), sort_keys=True, default=str) for a in (one, many)]
+    assert state[0] == state[1]
+    assert one.learner.strategies().drifts_dismissed == many.learner.strategies().drifts_dismissed == 1

@@ -133,6 +133,14 @@ def run_on_ray(graph: Graph, schema: Schema, collector: Collector, options: RunO
             actors.kill(ray)
 
 
+def _step(actor: Any, envs: list[Any], mails: list[list[Any]]) -> list[Any]:
+    """One learner actor's call for the batches ``envs`` (with the mail due at each): one ref per
+    batch, in order."""
+    if len(envs) == 1:
+        return [actor.step.remote(envs[0], mails[0]) if mails[0] else actor.step.remote(envs[0])]
+    return list(actor.step_many.options(num_returns=len(envs)).remote(mails, *envs))
+
+
 def _drive(ray: Any, actors: Actors, collector: Collector, mailbox: Mailbox, *, max_in_flight: int,
            checkpoint_every: int, after: int, checkpoint_every_s: float | None = None) -> Any:
     """The batch loop of one attempt; yields each completed checkpoint."""
@@ -213,17 +221,33 @@ def _drive(ray: Any, actors: Actors, collector: Collector, mailbox: Mailbox, *, 
         # group while the learners work on this one
         ckpt = group_end if snap_source is not None else last_ckpt  # the checkpoint before the next group
         pending = source.next_refs.remote(*group(group_end, ckpt))
-        for seq, rows, env, fused_side, done in ready:
-            sides: list[Any] = [] if fused_side is None else [fused_side]
-            for actor in chain:
-                env, side = actor.process.options(num_returns=2).remote(env)
-                sides.append(side)
-            results: dict[str, Any] = dict(done)
-            mail = mailbox.take(seq)
-            results.update({name: [(a.step.remote(env, mail) if mail else a.step.remote(env)) for a in acts]
-                            for name, acts in learners.items()})
-            inflight.append((seq, rows, sides, results, env))
-            if snap_source is not None and seq == group_end:
+        # learner actors take the group's batches in calls of up to `per_call` (one call and one
+        # reply per actor for several batches; each batch is still its own learn step)
+        per_call = 1 if not learners else max(1, (max_in_flight + 1) // 2)
+        for start in range(0, len(ready), per_call):
+            part = ready[start:start + per_call]
+            # room for the whole call within max_in_flight; it also means every batch up to
+            # lag before the call's last one is finalized, so its mail is complete
+            while inflight and len(inflight) + len(part) > max_in_flight:
+                done_ckpt = finalize()
+                if done_ckpt is not None:
+                    yield done_ckpt
+                    last_ckpt_t = time.monotonic()
+            envs, all_sides, mails = [], [], []
+            for seq, rows, env, fused_side, done in part:
+                sides: list[Any] = [] if fused_side is None else [fused_side]
+                for actor in chain:
+                    env, side = actor.process.options(num_returns=2).remote(env)
+                    sides.append(side)
+                envs.append(env)
+                all_sides.append(sides)
+                mails.append(mailbox.take(seq))
+            calls = {name: [_step(a, envs, mails) for a in acts] for name, acts in learners.items()}
+            for i, (seq, rows, _, _, done) in enumerate(part):
+                results: dict[str, Any] = dict(done)
+                results.update({name: [refs[i] for refs in per_actor] for name, per_actor in calls.items()})
+                inflight.append((seq, rows, all_sides[i], results, envs[i]))
+            if snap_source is not None and part[-1][0] == group_end:
                 # right after the group's last calls: every actor's snapshot is at this boundary
                 pending_ckpt = {"seq": group_end, "source": snap_source, **actors.snapshot_refs()}
                 last_ckpt, last_ckpt_t = group_end, time.monotonic()

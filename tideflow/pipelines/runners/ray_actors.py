@@ -186,6 +186,11 @@ class LearnerActor:
         """One batch; ``mail``: events other learn steps' strategies raised, due at this batch."""
         return self.learner.step(env.seq, env.batch, env.events + mail if mail else env.events)
 
+    def step_many(self, mails: list[list[DriftEvent]], *envs: _Envelope) -> tuple[LearnResult, ...]:
+        """Several batches in one call (transport only): each one stepped on its own, in order,
+        with the mail due at it; one result per batch (the driver asks for one return each)."""
+        return tuple(self.step(env, mail) for env, mail in zip(envs, mails))
+
     def evaluate(self, batch: Batch, allowed_classes: list[Any] | None = None) -> Any:
         """Predict on held-out rows with no learning (`Learner.evaluate`)."""
         return self.learner.evaluate(batch, allowed_classes=allowed_classes)
