@@ -35,7 +35,10 @@ for package in (tideflow.stream, tideflow.strategies):
 
 
 def _checked_classes() -> dict[str, type[Operator]]:
-    classes = {key: cls for key, cls in REGISTRY.items() if cls.__module__.startswith("tideflow.")}
+    # operators and strategies only: a selection stage (tideflow.strategies.selection) is neither
+    # and its tests are its own (tideflow.testing's KeepAll registers when a test imports it)
+    classes = {key: cls for key, cls in REGISTRY.items()
+               if cls.__module__.startswith("tideflow.") and issubclass(cls, (Operator, Strategy))}
     short = Counter(cls.__qualname__ for cls in classes.values())
     # the class name reads best; the full path only where two classes share a name
     return {
