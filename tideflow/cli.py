@@ -150,7 +150,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = Path(args.out or "results/images")
         doc = compare_images(**settings, jobs=args.jobs, out=out, runner=args.runner)
         print(out.with_suffix(".md").read_text())
-        print(f"wrote {out.with_suffix('.json')} and .md in {doc['seconds']:.0f} s")
+        print(f"wrote {out.with_suffix('.json')} and .md in {doc['invocations'][-1]['seconds']:.0f} s"
+              + (f" (the comparison's invocations: {doc['seconds']:.0f} s)" if len(doc["invocations"]) > 1 else ""))
         return 0
     if args.experiment_name == "nowcast":
         from tideflow.pipelines.ready.nowcast import compare as compare_nowcast

@@ -267,6 +267,7 @@ def test_compare_merges_a_method_into_an_earlier_comparison(tmp_path: Path) -> N
     md = out.with_suffix(".md").read_text()
     assert "| pixels | class-IL | dst† |" in md and "| pixels | task-IL | dst |" in md
     assert "--set methods=dst --set merge=true" in md and "added up" in md and "dst†" in md.split("|")[-1]
+    assert "FWT of dst:" in md  # it predicts no class before its first batch: its FWT starts from 0
     # a method run again replaces its earlier runs, and the invocation says so
     again = compare(**tiny, methods="naive", merge=True)
     assert len(again["runs"]) == 4 and again["invocations"][-1]["replaced"] == ["naive"]

@@ -149,7 +149,8 @@ NOTES = {
             "so its seconds do not fall with density."),
     "ear": ("ear: `EAR`, a frozen encoder (on pixels its own MLP 256-128, trained on the first task, then "
             "frozen; on the features none of its own) with adaptors grown within 5 % of the encoder's parameters "
-            "where a batch is out of distribution for every expert's HDC memory. At every batch it makes the "
+            "where a batch is out of distribution for every expert's HDC memory (reconfigurator heads for new "
+            "classes on an existing adaptor come on top of that budget). At every batch it makes the "
             "passes over its expert's current-task rows (at most 512), so its rows trained are several times "
             "the others'."),
 }
@@ -205,7 +206,7 @@ def _no_start(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     out = []
     for m in methods:
         starts = [v for r in runs if r["method"] == m and "start" in r
-                  for v in [*r["start"], *(r.get("start_til") or [])]]
+                  for v in [*r["start"], *(r.get("start_til") or [])] if v is not None]
         if starts and all(v == 0 for v in starts):
             out.append(m)
     return out
@@ -249,8 +250,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
     blank = _no_start(doc["runs"], p["methods"])
     if blank:
         notes.append(f"FWT of {', '.join(blank)}: measured against each run's accuracy before its first batch, which "
-                     f"is 0 for these (no class is predicted before anything was learned), so under task-IL their FWT "
-                     f"includes a task's chance level (the others start from an untrained network's guesses).")
+                     f"is 0 for these (no class is predicted before one was learned), so a positive FWT of theirs "
+                     f"(such as a task's untrained head guessing among its classes under task-IL) is chance, not "
+                     f"transfer.")
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
