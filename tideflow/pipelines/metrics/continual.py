@@ -11,7 +11,10 @@ and ``b[j]`` the accuracy on task j before any learning (the untrained model). T
   (negative: forgetting);
 * forward transfer (the same paper): ``FWT = 1/(T-1) sum_{j>0} (R[j-1, j] - b[j])``, against the
   strategy's own untrained accuracy;
-* average forgetting (Chaudhry et al., 2018): ``F = 1/(T-1) sum_{j<T-1} max_{l<T-1} (R[l, j]) - R[T-1, j]``.
+* average forgetting (Chaudhry et al., 2018): ``F = 1/(T-1) sum_{j<T-1} max_{j<=l<T-1} (R[l, j]) - R[T-1, j]``:
+  the best accuracy on task j once it was learned, less the final one. Rows before task j are
+  left out (their definition's max runs over every earlier row): a model that never saw task
+  j's classes cannot forget them, and under task-IL masking a guess can score well there.
 
 On a stream with task ids the same is computed with each prediction masked to the task's
 classes (task-incremental, ``*_til``) beside the unmasked one (class-incremental). When the
@@ -78,7 +81,7 @@ def _metrics(rows: list[list[float | None]], start: list[float | None]) -> dict[
                         for j in range(1, T)])
     forgetting = []
     for j in range(T - 1):
-        before = [R[i][j] for i in range(T - 1)]
+        before = [R[i][j] for i in range(j, T - 1)]  # from the row that learned task j on
         forgetting.append(None if None in before or R[-1][j] is None else max(before) - R[-1][j])  # type: ignore[type-var]
     out["forgetting"] = _mean(forgetting)
     return out
