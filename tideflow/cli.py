@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a comparison option (repeatable): linkload: topology, scenario, seed, set (full or "
-                        "default), strategies, failures, ...; nowcast: window, features, seed; images: methods, seeds, "
+                        "default), strategies, failures, ...; nowcast: window, features, seed, configs (a;b), "
+                        "resume (yes: reuse a stopped comparison's finished runs); images: methods, seeds, "
                         "inputs, scenarios, epochs, ..., merge (true: run only these methods and add their runs to "
                         "the --out comparison's file)")
     p.add_argument("--source", default=None,
