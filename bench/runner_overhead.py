@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batches", type=int, default=600,
                     help="at most this many batches per measurement: events = min(events, B * this) "
                          "(default 600)")
-    ap.add_argument("--repeats", type=int, default=1, help="repeats per measurement; medians are shown (default 1)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per measurement; medians are shown (default 3)")
     ap.add_argument("--runners", default="plain,local,ray,ray-unfused",
                     help="subset of plain,local,ray,ray-unfused (default all; ray-unfused = the Ray runner "
                          "with one actor per data-path step, ray_fuse_chain=False)")
