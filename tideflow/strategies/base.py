@@ -183,3 +183,22 @@ def timed_report(samples: int, start: float, fits: int = 1) -> StepReport:
 
 def labels(batch: Batch, target: str) -> np.ndarray:
     return batch.numpy(target)
+
+
+def class_labels(batch: Batch, target: str, n_classes: int, who: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Integer labels of ``batch``'s ``target`` column, the mask of rows a classifier can learn
+    and the count of each kind left out (``null_target``, ``label_out_of_range``: rows, not the
+    batch, so one bad label costs one row); a column that is not integers is a `SchemaError`
+    naming ``who`` and the column."""
+    col = batch.column(target)
+    if not (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
+        raise SchemaError(f"{who} needs integer labels 0..{n_classes - 1} in {target!r}; it holds {col.type}")
+    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    y = np.asarray(col.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64)
+    skipped: dict[str, int] = {}
+    if (~valid).any():
+        skipped["null_target"] = int((~valid).sum())
+    out = valid & ((y < 0) | (y >= n_classes))
+    if out.any():
+        skipped["label_out_of_range"] = int(out.sum())
+    return y, valid & ~out, skipped

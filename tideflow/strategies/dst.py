@@ -74,7 +74,7 @@ import pyarrow as pa
 from tideflow.stream.batch import Batch
 from tideflow.stream.events import DriftEvent, TaskBoundary
 from tideflow.strategies import torch_core
-from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy
+from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy, class_labels
 from tideflow.strategies.dst_core import (GROWTH, LAYER_DENSITIES, add_task, dense_size, drop_and_grow, drop_rate,
                                           forward, initial_values, kept, layer_densities, masked, network,
                                           random_mask, task_groups, trainable, update_moments)
@@ -229,20 +229,9 @@ class SparseTraining(Strategy):
         return x, np.isfinite(x).all(axis=1)
 
     def _labels(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Integer labels and the mask of usable rows, with the count of each kind left out."""
         assert self.target is not None
-        col = batch.column(self.target)
-        if not (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
-            raise SchemaError(f"SparseTraining needs integer labels 0..{self.n_classes - 1} in {self.target!r}; "
-                              f"it holds {col.type}")
-        valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        y = np.asarray(col.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64)
-        skipped: dict[str, int] = {}
-        if (~valid).any():
-            skipped["null_target"] = int((~valid).sum())
-        out = valid & ((y < 0) | (y >= self.n_classes))
-        if out.any():
-            skipped["label_out_of_range"] = int(out.sum())
-        return y, valid & ~out, skipped
+        return class_labels(batch, self.target, self.n_classes, "SparseTraining")
 
     def _row_tasks(self, batch: Batch) -> list[Any] | None:
         """Each row's task id from the task column (column mode and the column present), else None."""

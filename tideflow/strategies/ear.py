@@ -60,7 +60,7 @@ from tideflow.stream.batch import Batch
 from tideflow.stream.events import DriftEvent, TaskBoundary
 from tideflow.stream.hdc import DEFAULT_DIM, HDCMemory, HDCSpace, stored_array
 from tideflow.strategies import torch_core
-from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy
+from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy, class_labels
 from tideflow.strategies.ear_core import (
     HDC_LAYERS,
     HEAD_TEMPERATURE,
@@ -71,7 +71,6 @@ from tideflow.strategies.ear_core import (
     candidates,
     check_params,
     choose_adaptor,
-    class_labels,
     encode_rows,
     encoder_network,
     expert_probs,

@@ -34,7 +34,7 @@ import numpy as np
 from tideflow.strategies import torch_core
 
 __all__ = ["HDC_LAYERS", "HEAD_TEMPERATURE", "PROXIES", "ROUTINGS", "check_params", "encode_rows", "adaptor_params", "as_tensors", "build_expert", "candidates",
-           "choose_adaptor", "class_labels", "encoder_network", "expert_probs", "new_head", "plain_meta", "proxy_score", "short_training", "spearman",
+           "choose_adaptor", "encoder_network", "expert_probs", "new_head", "plain_meta", "proxy_score", "short_training", "spearman",
            "train_on_classes"]
 
 PROXIES = ("ridge", "erank", "params")
@@ -199,28 +199,6 @@ def expert_probs(expert: Any, heads: list[dict[str, Any]], memory: Any, f: np.nd
     for col, j in enumerate(live):
         probs[:, heads[j]["classes"]] += weights[:, [col]] * parts[j]
     return probs
-
-
-def class_labels(batch: Any, target: str, n_classes: int, who: str) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Integer labels of ``batch``'s ``target`` column, the mask of rows that can be learned and
-    the count of each kind left out (``null_target``, ``label_out_of_range``); a column that is
-    not integers is a `SchemaError` naming ``who`` and the column."""
-    import pyarrow as pa
-
-    from tideflow.strategies.base import SchemaError
-
-    col = batch.column(target)
-    if not (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
-        raise SchemaError(f"{who} needs integer labels 0..{n_classes - 1} in {target!r}; it holds {col.type}")
-    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    y = np.asarray(col.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64)
-    skipped: dict[str, int] = {}
-    if (~valid).any():
-        skipped["null_target"] = int((~valid).sum())
-    out = valid & ((y < 0) | (y >= n_classes))
-    if out.any():
-        skipped["label_out_of_range"] = int(out.sum())
-    return y, valid & ~out, skipped
 
 
 # -- snapshots -------------------------------------------------------------------------------
