@@ -46,5 +46,8 @@ def test_a_users_csv_through_record_replay_and_compare(tmp_path, monkeypatch, ca
     result = json.loads((tmp_path / "my_nowcast.json").read_text())
     (run,) = result["runs"]
     assert run["target"] == "temp" and run["scores"]["fixed"]["scored"] > 0
+    # the header says what was scored on this stream, not the weather protocol's 504 h
+    header = (tmp_path / "my_nowcast.md").read_text().splitlines()[0]
+    assert "first fit to the stream's end scored" in header and "504" not in header, header
     # the models beat persistence on a series with a daily cycle
     assert run["scores"]["fixed"]["mae"] < run["scores"]["persistence"]["mae"]

@@ -499,6 +499,11 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
         protocol["window"] = int(options["window"])
     if "configs" in options:
         protocol["configs"] = _chosen(options["configs"], int(protocol["window"]))
+    # the results header states the span scored: the protocol's only when its replay ran
+    if source is not None:
+        protocol["eval_hours"] = None  # a stream of the user's own: scored from each series' first fit on
+    elif hours is not None:
+        protocol["eval_hours"] = max(0, int(hours) - int(protocol["window"]) - 24)  # total_hours backwards
     # the cheap models first: a comparison stopped part-way then holds whole models
     order = {"mlp": 0, "gbm": 1, "lstm": 2}
     common = {"runner": runner, "tracking": tracking, "hours": hours, "source": source, **options}

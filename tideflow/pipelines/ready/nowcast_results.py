@@ -133,10 +133,12 @@ def markdown_table(doc: dict[str, Any]) -> str:
     p = doc["protocol"]
     boot = p.get("bootstrap", {"level": 0.95, "draws": 2000, "seed": 0})
     max_age = p.get("trigger", {}).get("max_age", 168)
+    scored = ("every forecast from each series' first fit to the stream's end scored" if p.get("eval_hours") is None
+              else f"{p['eval_hours']} h scored per series")
     lines = [
         f"Nowcast comparison (`tideflow compare nowcast`, {doc['seconds'] / 60:.0f} min): stations "
         f"{', '.join(p['stations'])}, horizons 1-{p['horizons']} h, re-fit cadence {p['batch_hours']} h, "
-        f"window {p['window']} rows, {p['eval_hours']} h scored per series. MAE = mean over horizons of the "
+        f"window {p['window']} rows, {scored}. MAE = mean over horizons of the "
         "matured forecasts' MAE (deg F for temp, mph for wind); other columns relative to `fixed` "
         "(E x C = MAE ratio x compute ratio). In brackets: the paired day-block bootstrap interval "
         f"({100 * boot['level']:.0f} %, {boot['draws']} draws; the days scored are resampled, the same days for "
