@@ -13,11 +13,14 @@ import json
 import time
 from typing import Any, Iterator
 
+import pytest
 from river import linear_model, preprocessing
 
 import tideflow as tf
 from tideflow.connectors.base import Source
 from tideflow.pipelines.learn_step import make_learner
+from tideflow.pipelines.options import RayOptions, split_options
+from tideflow.pipelines.runners.ray import transport_group
 from tideflow.pipelines.runners.ray_actors import LearnerActor, SourceActor, _Envelope
 from tideflow.stream.events import DriftEvent
 from tideflow.testing import comparable
@@ -56,6 +59,50 @@ def test_a_group_grows_past_max_in_flight_only_within_the_delay():
     slow = SourceActor(_Paced(_one_row_batches(60), 0.02), None, put=False)
     group = slow.next_refs(4, 50, 0.05)  # a slow stream: the delay ends the group early
     assert 4 <= len(group) <= 8, len(group)
+
+
+def test_max_delay_ms_bounds_the_group_and_zero_turns_coalescing_off():
+    rule = dict(chained=True, max_in_flight=4, checkpoint_every=0)
+    assert transport_group(-1, -1, **rule, max_delay_ms=5.0) == (4, 256, 0.005)  # the default
+    assert transport_group(-1, -1, **rule, max_delay_ms=40.0)[2] == pytest.approx(0.04)
+    assert transport_group(-1, -1, **rule, max_delay_ms=0.0) == (4, 0, 0.0)
+    # a checkpoint due by count still ends the group, whatever the delay
+    assert transport_group(9, 9, **{**rule, "checkpoint_every": 10}, max_delay_ms=40.0)[:2] == (4, 6)
+    # the source actor, asked by that rule, hands out groups of max_in_flight with 0 even when
+    # the stream is fast enough to fill 256 more
+    fast = SourceActor(_one_row_batches(40), None, put=False)
+    assert len(fast.next_refs(*transport_group(-1, -1, **rule, max_delay_ms=0.0))) == 4
+    assert len(fast.next_refs(*transport_group(3, -1, **rule, max_delay_ms=1000.0))) == 36
+    # a slow stream (a batch every 20 ms) ends a group of a 30 ms bound after one or two more
+    slow = SourceActor(_Paced(_one_row_batches(40), 0.02), None, put=False)
+    assert 1 <= len(slow.next_refs(*transport_group(-1, -1, **{**rule, "max_in_flight": 1},
+                                                    max_delay_ms=30.0))) <= 3
+
+
+def test_max_delay_ms_is_a_ray_option_with_a_clear_error():
+    assert RayOptions().max_delay_ms == 5.0
+    assert split_options({"max_delay_ms": 0})[1].max_delay_ms == 0
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_delay_ms must be >= 0"):
+            RayOptions(max_delay_ms=bad)
+    import argparse
+
+    from tideflow.pipelines.options import add_cli_arguments, from_cli_args
+
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    assert from_cli_args(parser.parse_args(["--max-delay-ms", "2.5"]))["max_delay_ms"] == 2.5
+
+
+def test_a_ray_run_without_coalescing_matches_local(ray_session):
+    def run(runner: str, **kw: Any) -> tf.RunResult:
+        return (tf.Pipeline("meter").source(_one_row_batches(40)).validate()
+                .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="m", detector="ADWIN")
+                .run(runner=runner, tracking=False, progress=False, **kw))
+
+    local, ray = run("local"), run("ray", max_delay_ms=0, max_in_flight=3)
+    assert comparable(ray.per_batch) == comparable(local.per_batch)
+    assert ray.summary["m"]["mae"] == local.summary["m"]["mae"]
 
 
 def test_a_coalesced_ray_run_matches_local_and_checkpoints_on_schedule(ray_session, tmp_path):

@@ -2,8 +2,9 @@
 
 * `RunOptions`: what every runner honours (tracking, progress, label delay, ...);
 * `RayOptions`: what only the Ray runner reads (cluster address, batches in flight,
-  fused data path); the local runner ignores them, so that one set of options can be
-  handed to either runner (a comparison runs the same call on both);
+  fused data path, the coalescing delay bound); the local runner ignores them, so that
+  one set of options can be handed to either runner (a comparison runs the same call on
+  both);
 * `CheckpointOptions`: checkpoints and recovery, taken by the Ray runner; asking the
   local runner for them is an error, since it would silently not checkpoint.
 
@@ -88,10 +89,17 @@ class RayOptions:
     max_in_flight: int = _opt(4, "ray runner: batches in flight at once (backpressure)", type=int)
     fuse_chain: bool = _opt(True, "ray runner: run the data path inside the source actor rather than one "
                                   "actor per data-path step", kw="ray_fuse_chain", api_only=True)
+    max_delay_ms: float = _opt(5.0, "ray runner: when every learner runs in the source actor, a group of "
+                                    "batches sent to the driver may grow past max_in_flight for this long "
+                                    "after its first batch was read (transport only: each batch is still "
+                                    "learned on its own; 0 = groups of max_in_flight)", type=float)
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if not self.max_delay_ms >= 0:  # also refuses NaN, which no comparison would stop
+            raise ValueError(f"max_delay_ms must be >= 0 (0: no coalescing beyond max_in_flight), "
+                             f"got {self.max_delay_ms}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ graph has several learn steps, events a strategy raises reach the others
 ``event_lag`` batches later (`tideflow.pipelines.runners.data_path.Mailbox`), so
 at most ``event_lag`` batches are in flight then. When every learner runs in the source
 actor (chained), groups of small batches grow for transport up to a short delay bound
-(coalescing, `_drive`): one call and one reply carry many batches, each of which was still
-validated, scored and learned on its own, so the metrics are those of the local runner.
+(coalescing, `transport_group`; the bound is `RayOptions.max_delay_ms`): one call and one
+reply carry many batches, each of which was still validated, scored and learned on its own,
+so the metrics are those of the local runner.
 
 The actors are in `tideflow.pipelines.runners.ray_actors`; joining or starting Ray
 in `tideflow.pipelines.runners.ray_session`.
@@ -36,10 +37,31 @@ from tideflow.stream.operator import SideOutput
 from tideflow.stream.schema import Schema
 
 
-#: transport coalescing (`_drive`): how long a group of small batches may wait for more, and
-#: how many batches beyond max_in_flight it may take
-COALESCE_DELAY_S = 0.005
+#: transport coalescing (`transport_group`): how many batches beyond max_in_flight a group may
+#: take (the delay bound is `RayOptions.max_delay_ms`)
 COALESCE_BATCHES = 256
+
+
+def transport_group(group_end: int, ckpt: int, *, chained: bool, max_in_flight: int, checkpoint_every: int,
+                    max_delay_ms: float) -> tuple[int, int, float]:
+    """What the driver asks `SourceActor.next_refs` for: (batches, more batches, delay in seconds)
+    of the group after batch ``group_end``, the last checkpoint before it being at ``ckpt``.
+
+    Coalescing: with every learner chained into the source actor, a group may grow past
+    max_in_flight while its first batch is younger than ``max_delay_ms``, by at most
+    COALESCE_BATCHES, and it ends where a checkpoint is due by count (so a checkpoint is never
+    later than with groups of max_in_flight). Learner actors get groups of max_in_flight: the
+    backpressure bound counts their batches. ``max_delay_ms`` 0 asks for no coalescing at all.
+    """
+    if not chained or max_delay_ms <= 0:
+        return max_in_flight, 0, 0.0
+    room = COALESCE_BATCHES + max_in_flight
+    if checkpoint_every:
+        room = ckpt + checkpoint_every - group_end  # the due batch ends the group
+        if room < 1:  # due already (a checkpoint still being taken): as without coalescing
+            return max_in_flight, 0, 0.0
+    first = min(max_in_flight, room)
+    return first, min(COALESCE_BATCHES, room - first), max_delay_ms / 1000.0
 
 
 def _is_fault(exc: BaseException) -> bool:
@@ -101,7 +123,7 @@ def run_on_ray(graph: Graph, schema: Schema, collector: Collector, options: RunO
             mailbox.restore(last.get("mailbox") if last else None)
             for ckpt in _drive(ray, actors, collector, mailbox, max_in_flight=in_flight,
                                checkpoint_every=checkpointing.every, checkpoint_every_s=checkpointing.every_s,
-                               after=last["seq"] if last else -1):
+                               after=last["seq"] if last else -1, max_delay_ms=ray_options.max_delay_ms):
                 last = ckpt
                 collector.commit(ckpt["seq"])
                 if checkpoints is not None:
@@ -142,7 +164,8 @@ def _step(actor: Any, envs: list[Any], mails: list[list[Any]]) -> list[Any]:
 
 
 def _drive(ray: Any, actors: Actors, collector: Collector, mailbox: Mailbox, *, max_in_flight: int,
-           checkpoint_every: int, after: int, checkpoint_every_s: float | None = None) -> Any:
+           checkpoint_every: int, after: int, checkpoint_every_s: float | None = None,
+           max_delay_ms: float = 5.0) -> Any:
     """The batch loop of one attempt; yields each completed checkpoint."""
     last_ckpt_t = time.monotonic()
     source, chain, learners = actors.source, actors.chain, actors.learners
@@ -187,23 +210,9 @@ def _drive(ray: Any, actors: Actors, collector: Collector, mailbox: Mailbox, *, 
                                "learners": {n: ray.get(r) for n, r in refs["learners"].items()}}}
         return None
 
-    # Coalescing (`SourceActor.next_refs`): with every learner chained into the source actor,
-    # a group may grow past max_in_flight while its first batch is younger than
-    # COALESCE_DELAY_S, by at most COALESCE_BATCHES, and it ends where a checkpoint is due by
-    # count (so a checkpoint is never later than with groups of max_in_flight). Learner actors
-    # get groups of max_in_flight as before: the backpressure bound counts their batches.
     def group(group_end: int, ckpt: int) -> tuple[int, int, float]:
-        """(batches, more batches, delay) of the group after ``group_end``, the last checkpoint
-        before it being at ``ckpt``."""
-        if not actors.chained:
-            return max_in_flight, 0, 0.0
-        room = COALESCE_BATCHES + max_in_flight
-        if checkpoint_every:
-            room = ckpt + checkpoint_every - group_end  # the due batch ends the group
-            if room < 1:  # due already (a checkpoint still being taken): as without coalescing
-                return max_in_flight, 0, 0.0
-        first = min(max_in_flight, room)
-        return first, min(COALESCE_BATCHES, room - first), COALESCE_DELAY_S
+        return transport_group(group_end, ckpt, chained=actors.chained, max_in_flight=max_in_flight,
+                               checkpoint_every=checkpoint_every, max_delay_ms=max_delay_ms)
 
     pending = source.next_refs.remote(*group(after, after))
     while True:
