@@ -200,6 +200,46 @@ def test_from_arrays_of_other_shapes_numpy_and_torch():
         ImageStream.from_arrays(v, vy, v[:20], vy[:20], split="domain-incremental", tasks=2)
 
 
+@pytest.mark.parametrize("data", ["digits", "arrays"])
+def test_rows_per_task_all_gives_every_task_the_whole_training_set_in_its_view(data):
+    """The standard permuted benchmark (``rows_per_task="all"``): every task is every training row,
+    in its own order, through the task's permutation (view 0 unpermuted); the views and the held-out
+    sets are those of the default plan, which is unchanged; a split without views refuses it."""
+    if data == "digits":
+        kw = dict(tasks=5, seed=4)
+        make = lambda **k: ImageStream("digits", split="domain-incremental", domain="permutation",  # noqa: E731
+                                       standardize=False, batch_size=5000, **kw, **k)
+    else:  # not the project's data: 7x3 images of 3 classes from a user's arrays
+        rng = np.random.default_rng(1)
+        x, xt = rng.uniform(0, 1, size=(90, 7, 3)), rng.uniform(0, 1, size=(30, 7, 3))
+        kw = dict(tasks=3, seed=2)
+        make = lambda **k: ImageStream.from_arrays(x, np.arange(90) % 3, xt, np.arange(30) % 3,  # noqa: E731
+                                                   split="domain-incremental", domain="permutation",
+                                                   standardize=False, batch_size=5000, **kw, **k)
+    s, share = make(rows_per_task="all"), make()
+    tasks, train = kw["tasks"], s.data.train
+    batches, flat, y = _rows(s)
+    assert s.num_rows == tasks * len(train) == len(flat) and share.num_rows == len(train)
+    assert [b.last_offset + 1 for b in batches if b.end_of_task] == s.plan.ends == [len(train) * t for t in range(1, tasks)]
+    for t in range(tasks):
+        rows = s.plan.order[t * len(train):(t + 1) * len(train)]
+        assert sorted(rows.tolist()) == train.tolist()  # every training row once per task
+        perm = s.plan.views[t]
+        assert (perm is None) == (t == 0) and (t == 0 or np.array_equal(perm, share.plan.views[t]))
+        want = s.data.x[rows].reshape(len(rows), -1).astype(np.float32)
+        np.testing.assert_array_equal(flat[t * len(train):(t + 1) * len(train)],
+                                      want if perm is None else want[:, perm])
+        np.testing.assert_array_equal(y[t * len(train):(t + 1) * len(train)], s.data.y[rows])
+        np.testing.assert_array_equal(s.held_out()[t].tensor("image"), share.held_out()[t].tensor("image"))
+    assert not np.array_equal(s.plan.order[:len(train)], s.plan.order[len(train):2 * len(train)])  # reshuffled
+    assert s.params()["rows_per_task"] == "all" and "rows_per_task" not in share.params()
+    assert s.stream_id == share.stream_id + "-all"
+    with pytest.raises(ValueError, match="rows_per_task='all' applies to the domain-incremental split only"):
+        ImageStream("digits", split="task-incremental", rows_per_task="all")
+    with pytest.raises(ValueError, match=r"rows_per_task must be one of \['share', 'all'\], got 'half'"):
+        ImageStream("digits", split="domain-incremental", rows_per_task="half")
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_bad_input_is_refused_with_the_column_and_the_value():

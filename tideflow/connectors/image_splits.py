@@ -18,7 +18,10 @@ split                   what the learner sees
                         stratified parts, part t shown in view t (rotated by ``180 t / tasks``
                         degrees, or a fixed seeded pixel permutation, or the named transforms of
                         a view list such as ``"clean;rot90;invert;flip+noise"``, one per task);
-                        held out: the whole test set in each task's view; ends marked, no task id
+                        with ``rows_per_task="all"`` every task is instead the whole training
+                        set (reshuffled per task) in its view, the standard permuted-MNIST
+                        protocol; held out: the whole test set in each task's view; ends
+                        marked, no task id
 ``blurry``              class-incremental, but within a window either side of each boundary
                         (``blur`` times the smaller neighbouring task's rows) the two tasks'
                         rows are shuffled together; the mark stays at the nominal boundary
@@ -51,6 +54,11 @@ VIEW_TRANSFORMS = ("clean", "rot<degrees>", "invert", "flip", "vflip", "noise[<f
 DEFAULT_NOISE = 0.2
 #: blur when none is given: blurry streams mix, task-free ones only hide the boundaries
 DEFAULT_BLUR = {"blurry": 0.1, "task-free": 0.0}
+#: what a domain-incremental task's training rows are: ``"share"``, a stratified 1/tasks of the training
+#: rows (each row seen once in the stream); ``"all"``, every training row, in the task's view (the standard
+#: permuted-MNIST benchmark of Goodfellow et al. 2013 and Kirkpatrick et al. 2017, where every task is the
+#: whole data set under its own permutation)
+ROWS_PER_TASK = ("share", "all")
 
 
 @dataclass
@@ -147,18 +155,24 @@ def view_names(domain: Any) -> list[str]:
 
 def plan_split(split: str, y: np.ndarray, train: np.ndarray, test: np.ndarray, *, tasks: int, seed: int,
                class_order: Any = None, blur: float | None = None, domain: str = "rotation",
-               pixels: int = 0) -> SplitPlan:
+               pixels: int = 0, rows_per_task: str = "share") -> SplitPlan:
     """The plan of ``split`` over labels ``y`` with training rows ``train`` and test rows ``test``.
 
     ``pixels``: values per image (the permutation's length, domain-incremental only).
+    ``rows_per_task``: domain-incremental only, one of `ROWS_PER_TASK`.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+    if rows_per_task not in ROWS_PER_TASK:
+        raise ValueError(f"rows_per_task must be one of {list(ROWS_PER_TASK)}, got {rows_per_task!r}")
+    if rows_per_task != "share" and split != "domain-incremental":
+        raise ValueError(f"rows_per_task={rows_per_task!r} applies to the domain-incremental split only (a "
+                         f"{split} task is the rows of its classes), got split={split!r}")
     tasks = _check_tasks(tasks)
     rng = np.random.default_rng(seed)
     classes = sorted({int(c) for c in y[train]})
     if split == "domain-incremental":
-        return _domain(y, train, test, tasks, classes, rng, domain, pixels, seed)
+        return _domain(y, train, test, tasks, classes, rng, domain, pixels, seed, rows_per_task == "all")
     if blur is None:
         blur = DEFAULT_BLUR.get(split, 0.0)
     if split in ("class-incremental", "task-incremental") and blur:
@@ -205,19 +219,24 @@ def _blur(order: np.ndarray, task: np.ndarray, parts: list[np.ndarray], ends: li
 
 
 def _domain(y: np.ndarray, train: np.ndarray, test: np.ndarray, tasks: int, classes: list[int],
-            rng: np.random.Generator, domain: str, pixels: int, seed: int) -> SplitPlan:
+            rng: np.random.Generator, domain: str, pixels: int, seed: int, every_row: bool = False) -> SplitPlan:
     named = parse_views(domain)
     if named is not None and len(named) != tasks:
         raise ValueError(f"domain {domain!r} names {len(named)} views for {tasks} tasks: give one view per task")
-    if tasks > len(train):
+    if tasks > len(train) and not every_row:
         raise ValueError(f"{tasks} tasks need at least {tasks} training rows, got {len(train)}")
     if not len(test):
         raise ValueError("no test rows: the tasks would have no held-out sets")
-    shares: list[list[np.ndarray]] = [[] for _ in range(tasks)]
-    for c in classes:  # stratified: every task gets an equal share of every class
-        for t, part in enumerate(np.array_split(rng.permutation(train[y[train] == c]), tasks)):
-            shares[t].append(part)
-    parts = [rng.permutation(np.concatenate(s)) for s in shares]
+    if every_row:
+        # every task is the whole training set in its own order; the generator is drawn from only on
+        # this path, so the default ("share") plan of a seed stays what it always was
+        parts = [rng.permutation(train) for _ in range(tasks)]
+    else:
+        shares: list[list[np.ndarray]] = [[] for _ in range(tasks)]
+        for c in classes:  # stratified: every task gets an equal share of every class
+            for t, part in enumerate(np.array_split(rng.permutation(train[y[train] == c]), tasks)):
+                shares[t].append(part)
+        parts = [rng.permutation(np.concatenate(s)) for s in shares]
     for t, p in enumerate(parts):
         if not len(p):
             raise ValueError(f"task {t} has no training rows: it would be empty")
@@ -227,7 +246,11 @@ def _domain(y: np.ndarray, train: np.ndarray, test: np.ndarray, tasks: int, clas
             views[t] = view_names(domain)[t]
         elif domain == "rotation":
             views[t] = 180.0 * t / tasks
-        else:  # view 0 is the images as they are, like rotation's 0 degrees
+        else:
+            # view 0 is the images as they are, like rotation's 0 degrees, and as permuted-MNIST code
+            # commonly has its first task; for a learner with no spatial prior (an MLP, whose random
+            # initialisation is itself invariant to permuting its inputs) a fixed permutation of the
+            # first task would pose the same problem
             views[t] = None if t == 0 else np.random.default_rng([seed, 1000 + t]).permutation(pixels)
     order = np.concatenate(parts)
     task = np.concatenate([np.full(len(p), t, dtype=np.int64) for t, p in enumerate(parts)])

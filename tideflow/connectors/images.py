@@ -74,6 +74,9 @@ class ImageStream(RowIndexedSource):
         blur: the blurry / task-free mixing window, a fraction of a task's rows (0 .. 0.5).
         domain: domain-incremental views: ``"rotation"``, ``"permutation"``, or one named view per task
             (``"clean;rot90;invert;flip+noise"``: `transform_view`).
+        rows_per_task: domain-incremental only: ``"share"`` (a stratified 1/tasks of the training rows
+            per task) or ``"all"`` (every training row in every task's view, reshuffled per task: the
+            standard permuted-MNIST protocol; the stream is ``tasks`` times the training set).
         test_fraction: digits only: each class's share held out for testing.
         train_per_class / test_per_class: keep at most that many rows per class (seeded).
         standardize: standardise each value with the training rows' mean and deviation.
@@ -90,7 +93,8 @@ class ImageStream(RowIndexedSource):
                  image_size: int | None = None, *, class_order: Any = None, blur: float | None = None,
                  domain: str = "rotation", test_fraction: float = 0.25, train_per_class: int | None = None,
                  test_per_class: int | None = None, standardize: bool = True, unlabeled_rows: int | None = None,
-                 data_dir: str | None = None, cache_dir: str | None = None, device: str | None = None) -> None:
+                 data_dir: str | None = None, cache_dir: str | None = None, device: str | None = None,
+                 rows_per_task: str = "share") -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
@@ -121,6 +125,8 @@ class ImageStream(RowIndexedSource):
             self.options["test_fraction"] = test_fraction
         if split == "domain-incremental":
             self.options["domain"] = self.domain
+        if rows_per_task != "share":  # named only when not the default: existing streams' params stay as they were
+            self.options["rows_per_task"] = rows_per_task
         if isinstance(encoder, FrozenEncoder):
             if self.image_size is not None and self.image_size != encoder.input_size:
                 raise ValueError(f"image_size={self.image_size} differs from the given encoder's input_size "
@@ -138,10 +144,11 @@ class ImageStream(RowIndexedSource):
                              f"resized, rotated or encoded (pass layout= to from_arrays)")
         self.plan: SplitPlan = plan_split(split, data.y, data.train, data.test, tasks=self.tasks, seed=self.seed,
                                           class_order=class_order, blur=blur, domain=domain,
-                                          pixels=int(np.prod(data.shape)))
+                                          pixels=int(np.prod(data.shape)), rows_per_task=rows_per_task)
         if class_order is not None:  # as plain data (a range or a "3;1;..." text becomes the list)
             self.options["class_order"] = list(self.plan.class_order)
-        self.stream_id = f"images-{data.name}-{split}-t{self.tasks}-s{self.seed}"
+        self.stream_id = (f"images-{data.name}-{split}-t{self.tasks}-s{self.seed}"
+                          + ("" if rows_per_task == "share" else f"-{rows_per_task}"))
         # batches end where a task ends whenever the learner is told of task ends, so an
         # end-of-task mark always sits on the task's last row
         self._cuts = sorted(self.plan.ends) if self.plan.cut else []
