@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import tideflow as tf
+from tideflow.stream.checks import assert_same
+from tideflow.strategies.base import SchemaError
 
 SCHEMA = tf.Schema({"x0": "float64", "x1": "float64", "y": "int64"}, target="y")
 
@@ -32,12 +35,46 @@ def test_avalanche_strategies_learn_a_separable_stream(name, kwargs):
     assert accuracy > 0.85, f"{name} reached only {accuracy:.2f}"
 
 
-def test_labels_outside_the_declared_classes_are_a_clear_error():
-    s = tf.AvalancheStrategy("Naive", n_classes=2)
-    s.bind(SCHEMA)
-    b = tf.Batch.from_pydict({"x0": [0.0], "x1": [0.0], "y": [5]})
-    with pytest.raises(ValueError, match=r"labels outside 0\.\.1"):
-        s.learn(b)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name, kwargs", [("Naive", {}), ("Replay", {"mem_size": 100})])
+def test_bad_labels_cost_their_rows_only_and_are_counted(name, kwargs):
+    """Out-of-range and null labels mixed into good batches, one batch all bad: the good rows are
+    learned bit for bit as a stream without the bad rows (weights, Replay's buffer, compute
+    counters), the bad ones counted per reason; a label column that is not integers is refused."""
+    import torch
+
+    schema = tf.Schema({"x0": "float64", "x1": "float64", "y": "int64"}, target="y", nullable=("y",))
+    batches = list(_stream(4, seed=5))
+    bad = {1: {0: 2, 17: None, 64: -3, 127: 9}, 2: {r: 5 for r in range(128)}}
+    twins = []
+    for drop in (False, True):
+        s = tf.AvalancheStrategy(name, n_classes=2, hidden=16, lr=0.1, seed=1, strategy_kwargs=kwargs)
+        s.bind(schema)
+        reports = []
+        for i, b in enumerate(batches):
+            rows = bad.get(i, {})
+            if drop:
+                b = b.filter([r not in rows for r in range(len(b))])
+            elif rows:
+                y = b.column("y").to_pylist()
+                for r, v in rows.items():
+                    y[r] = v
+                b = b.with_column("y", pa.array(y, type=pa.int64()))
+            reports.append(s.learn(b))
+        twins.append((reports, s))
+    (reports, s), (clean, reference) = twins
+    assert reports[1].skipped == {"label_out_of_range": 3, "null_target": 1} and reports[1].samples == 128
+    assert reports[2].skipped == {"label_out_of_range": 128} and reports[2].fits == 0  # learned nothing
+    assert reports[0].skipped == reports[3].skipped == {}
+    assert [r.extra for r in reports] == [r.extra for r in clean]
+    assert s.n_learned == reference.n_learned == 4 * 128 - 132
+    for (k, va), (_, vb) in zip(s._net.state_dict().items(), reference._net.state_dict().items()):
+        assert torch.equal(va, vb), k
+    assert_same(s.snapshot()["plugins"], reference.snapshot()["plugins"], "plugin memories")
+    before = {k: v.clone() for k, v in s._net.state_dict().items()}
+    with pytest.raises(SchemaError, match="AvalancheStrategy needs integer labels 0..1"):
+        s.learn(batches[0].with_column("y", pa.array(["1"] * 128)))
+    assert all(torch.equal(before[k], v) for k, v in s._net.state_dict().items())
 
 
 def test_unknown_avalanche_strategy_is_named():

@@ -5,7 +5,8 @@ What is proven here: the mode the strategy picks and says; Naive learns the same
 not per batch; task-mode EWC (split digits, class-IL) and LwF (Fashion-MNIST, task-IL) forget
 less than Naive (numbers in the tests); a snapshot taken mid-task carries the pending
 consolidation (Replay, EWC, LwF); a task change the engine does not signal still ends a task
-(task ids that are names, flickering at a task's edge); a copy of a built strategy consolidates its own plugins.
+(task ids that are names, flickering at a task's edge); a copy of a built strategy consolidates its own plugins;
+bad labels cost their rows only, in task mode too (another table, through the engine).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import copy
 import warnings
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 import tideflow as tf
-from split_digits import split_digits
+from split_digits import split_classes, split_digits
+from tideflow.stream.checks import assert_same
 from tideflow.stream.events import TaskBoundary
 from tideflow.stream.state import seal, unseal
 
@@ -302,3 +305,53 @@ def test_a_copy_of_a_built_strategy_consolidates_its_own_plugins():
     twin.on_task_boundary(TaskBoundary("s", 60, "harbour", None, "end_of_task"))
     assert (s.consolidations, s._tasks.rows) == (0, 30) and (twin.consolidations, twin._tasks.rows) == (1, 0)
     assert not _plugin(s, "EWCPlugin").saved_params and list(_plugin(twin, "EWCPlugin").saved_params) == [0]
+
+
+# -- bad labels ---------------------------------------------------------------------------------
+
+
+def test_bad_labels_in_task_mode_cost_their_rows_only_through_the_engine():
+    """Another table (a seeded synthetic one: 4 classes, 2 tasks), task-mode EWC on the local
+    runner: out-of-range and null labels in otherwise good batches, one batch all bad. The run
+    equals the one on the stream without those rows (weights, EWC's consolidated memory, held-out
+    matrix), every bad row is predicted, scored and counted under its reason, no batch fails."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=480, n_features=12, n_informative=8, n_classes=4, random_state=3)
+    src = split_classes(x, y, tasks=2, scenario="task", seed=1, batch_size=40)
+    bad = {1: {0: 4, 7: None, 30: -1}, 2: {r: 7 for r in range(len(src.batches_[2]))}, 6: {5: None, 11: 40}}
+    dirty, clean = [], []
+    for i, b in enumerate(src.batches_):
+        rows = bad.get(i, {})
+        labels = b.column("label").to_pylist()
+        for r, v in rows.items():
+            labels[r] = v
+        dirty.append(b.with_column("label", pa.array(labels, type=pa.int64())))
+        clean.append(b.filter([r not in rows for r in range(len(b))]))
+    assert {b.column("task").to_pylist()[0] for b in (src.batches_[1], src.batches_[6])} == {0, 1}
+    runs = [_run(tf.MemorySource(bs, src.schema(), held_out=src.held_out()),
+                 tf.AvalancheStrategy("EWC", n_classes=4, hidden=16, seed=2, strategy_kwargs={"ewc_lambda": 10.0}))
+            for bs in (dirty, clean)]
+    (r, reference), n_bad = runs, sum(len(rows) for rows in bad.values())
+    assert r.summary["s"]["errors"] == 0
+    assert r.summary["s"]["skipped_rows"] == {"label_out_of_range": 3 + len(src.batches_[2]), "null_target": 2}
+    assert r.summary["s"]["fits"] == len(dirty) - 1  # the all-bad batch learned nothing
+    assert r.summary["s"]["rows_scored"] == reference.summary["s"]["rows_scored"] + n_bad
+    assert r.cl_metrics["s"].to_dict() == reference.cl_metrics["s"].to_dict()
+    s, twin = r.strategies["s"], reference.strategies["s"]
+    assert s.mode == "task" and s.consolidations == twin.consolidations == 2
+    for (k, va), (_, vb) in zip(s._net.state_dict().items(), twin._net.state_dict().items()):
+        assert torch.equal(va, vb), k
+    assert_same(s.snapshot()["plugins"], twin.snapshot()["plugins"], "EWC's memory")
+
+
+def test_a_bad_label_row_of_a_new_task_starts_no_task():
+    """A row whose label cannot be learned is not learned as a task's first row either: its task
+    id, never seen before, ends nothing."""
+    s = tf.AvalancheStrategy("Replay", n_classes=2, hidden=8, seed=0, strategy_kwargs={"mem_size": 40})
+    s.bind(SCHEMA)
+    s.learn(_site_batch(["harbour"] * 30, 0, 0))
+    b = _site_batch(["harbour"] * 29 + ["airport"], 1, 30)
+    report = s.learn(b.with_column("y", pa.array(b.column("y").to_pylist()[:29] + [2], type=pa.int64())))
+    assert report.skipped == {"label_out_of_range": 1}
+    assert s.consolidations == 0 and s._labels == {"harbour": 0} and s._tasks.rows == 59

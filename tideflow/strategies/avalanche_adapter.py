@@ -45,10 +45,16 @@ Departures, and why:
   ``"not_in_snapshot"``, so that a checkpoint says what it does not hold (Replay
   with a storage policy other than its default experience-balanced one too).
 * Rows it cannot train on are left out of the batch's experience and counted in
-  ``StepReport.skipped``: ``"null_target"`` (no label) and ``"null_feature"`` (a
-  null, NaN or infinite value in any feature). One such row would otherwise make the
-  loss NaN, and the SGD step would turn every weight into NaN for good (every later
-  prediction the same class). A batch with no row left trains nothing. Predicting a
+  ``StepReport.skipped``: ``"null_target"`` (no label), ``"label_out_of_range"`` (a
+  label outside ``0 .. n_classes - 1``; the same reasons as every classifier that skips
+  bad labels row by row, `tideflow.strategies.base.class_labels`) and ``"null_feature"``
+  (a null, NaN or infinite value in any feature of a row with a usable label). A row
+  with a missing feature would otherwise make the loss NaN, and the SGD step would turn
+  every weight into NaN for good (every later prediction the same class); a label out of
+  range would fail the loss and, before, cost the whole batch. The other rows are
+  learned exactly as a batch without the bad ones would be; a batch with no row left
+  trains nothing (``fits`` 0, its rows counted). A label column that is not integers
+  is a `SchemaError`. Every row is still predicted and scored. Predicting a
   row with a missing feature gives NaN logits, hence class 0 (torch's argmax takes the
   first NaN): such a row's prediction means nothing, and this adapter does not impute.
 * In ``"batch"`` mode EWC in its default ``mode="separate"`` keeps one copy of the
@@ -73,7 +79,7 @@ from tideflow.stream.events import TaskBoundary
 from tideflow.stream.schema import Schema
 from tideflow.strategies.avalanche_tasks import TaskExperiences, dataset as _dataset, holds_no_memory, plugin_kind
 from tideflow.strategies.avalanche_tasks import tensors as _tensors
-from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy
+from tideflow.strategies.base import ClassScores, StepReport, Strategy, class_labels
 
 #: what ``experiences=`` takes (module docstring)
 EXPERIENCES = ("auto", "batch", "task")
@@ -264,21 +270,18 @@ class AvalancheStrategy(Strategy):
         self._check_columns(batch, need_target=True)
         assert self.target is not None
         start = time.perf_counter()
+        # rows it cannot train on (module docstring): counted, left out of the experience, each
+        # costing only itself; labels first (`class_labels`, the reasons every classifier that
+        # skips bad labels row by row gives), then non-finite features among the labelled rows.
+        # Parsed before the net is built, so that a column that is not integers (a SchemaError)
+        # changes nothing
+        y_all, use, skipped = class_labels(batch, self.target, self.n_classes, "AvalancheStrategy")
         self._ensure(batch)
         inputs = self._inputs(batch)
-        labels = batch.column(self.target)
-        # rows it cannot train on (module docstring): counted, left out of the experience
-        has_label = ~labels.is_null().to_numpy(zero_copy_only=False)
         finite = np.isfinite(inputs).all(axis=1)
-        skipped = {}
-        if not has_label.all():
-            skipped["null_target"] = int((~has_label).sum())
-        if not (finite | ~has_label).all():
-            skipped["null_feature"] = int((~finite & has_label).sum())
-        use = has_label & finite
-        y_all = np.where(has_label, labels.to_numpy(zero_copy_only=False), 0).astype(np.int64)
-        if use.any() and (int(y_all[use].min()) < 0 or int(y_all[use].max()) >= self.n_classes):
-            raise SchemaError(f"AvalancheStrategy: labels outside 0..{self.n_classes - 1}")
+        if (use & ~finite).any():
+            skipped["null_feature"] = int((use & ~finite).sum())
+        use &= finite
         if not use.any():
             return StepReport(samples=len(batch), train_seconds=time.perf_counter() - start, skipped=skipped)
         if not use.all():

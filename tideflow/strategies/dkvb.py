@@ -20,6 +20,11 @@ What the code keeps, and why:
   moving it after its last fetch, weight decay would shrink it: both are forgetting.
 * **Keys never fetched while learning are masked at prediction**: an input whose nearest key
   holds no learned value is read from its nearest key that does.
+* **Bad rows cost only themselves.** A null label, a label outside ``0 .. n_classes - 1``
+  (`class_labels`: the reasons every classifier that skips bad labels row by row gives) or a
+  null, NaN or infinite feature leaves that row out of learning, counted per reason in
+  ``StepReport.skipped``; the batch's other rows are learned as if the bad ones were not there.
+  A label column that is not integers is a `SchemaError`.
 * **Determinism.** Projections, key initialisation and minibatch order each draw from a
   generator of their own (`torch_core.fit_seed` of the seed, 0, 1 and 2), never from the
   global ones, so a seed gives the same model in any process; the snapshot holds keys,
@@ -53,7 +58,7 @@ import pyarrow as pa
 
 from tideflow.stream.batch import Batch
 from tideflow.strategies import torch_core
-from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy
+from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy, class_labels
 
 __all__ = ["KeyValueBottleneck", "KeyValueBottleneckModule", "KeyValueBottleneckPlugin", "dkvb_template"]
 
@@ -371,22 +376,16 @@ class KeyValueBottleneck(Strategy):
         start = time.perf_counter()
         self._check_columns(batch, need_target=True)
         assert self.target is not None
-        target = batch.column(self.target)
-        if not (pa.types.is_integer(target.type) or pa.types.is_boolean(target.type)):
-            raise SchemaError(f"KeyValueBottleneck needs integer labels 0..{self.n_classes - 1}; target "
-                              f"{self.target!r} is {target.type}")
+        # rows it cannot learn from are counted in the report, never dropped in silence, and cost
+        # only themselves: a null label, a label outside 0..n_classes-1 (`class_labels`: the same
+        # reasons as every classifier that skips bad labels row by row), a null, NaN or infinite
+        # feature (no nearest key); a label column that is not integers is a SchemaError
+        y, keep, skipped = class_labels(batch, self.target, self.n_classes, "KeyValueBottleneck")
         x = self._inputs(batch)
-        null = np.asarray(target.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        keep = np.isfinite(x).all(axis=1) & ~null
-        y = np.asarray(target.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int64)
-        bad = sorted({int(v) for v in y[keep] if v < 0 or v >= self.n_classes})
-        if bad:
-            raise SchemaError(f"KeyValueBottleneck: label {bad[0]} is outside 0..{self.n_classes - 1} "
-                              f"(n_classes={self.n_classes}; labels out of range: {bad[:10]})")
-        # rows it cannot learn from (no label; a null, NaN or infinite feature: no nearest key)
-        # are counted in the report, never dropped in silence
-        skipped = {k: v for k, v in (("null_target", int(null.sum())),
-                                     ("null_feature", int((~keep & ~null).sum()))) if v}
+        finite = np.isfinite(x).all(axis=1)
+        if (keep & ~finite).any():
+            skipped["null_feature"] = int((keep & ~finite).sum())
+        keep &= finite
         x, y = x[keep], y[keep]
         if len(y) and (self._net is None or not bool(self._net.initialised)):
             if self.key_init is not None:
