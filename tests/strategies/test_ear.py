@@ -64,15 +64,20 @@ def floors() -> dict[str, list[Any]]:
     stream; EAR with its defaults (encoder MLP 64-256-128 trained on the first domain and frozen at
     its end, 5 passes per batch over the current task's rows, HDC of 4096 signs on the input and
     the features, vote 0.25, adaptors of widths 4-32 x depth 1-2 under 5 % of the encoder's
-    parameters, ridge proxy); the baseline: the same learner with ``max_experts=1`` (the
-    encoder's head fine-tuned on every domain in turn). Seeds 0 and 1 seed the split and the
+    parameters, ridge proxy). Two controls, no growth: "one_adaptor", the issue's "sequential
+    fine-tuning of one adaptor" (``max_experts=1, first_expert="adaptor"``: one adaptor of EAR's
+    search space, chosen by the same proxy and trained like EAR's grown experts, on the clean domain
+    and then on each later one; its protocol was fixed from the issue's and spec's words before it
+    was run), and "seq", the encoder's head fine-tuned on every domain in turn (``max_experts=1``,
+    the first control used: kept as a second, stronger one). Seeds 0 and 1 seed the split and the
     learners. Metrics from the engine's held-out evaluation (``cl_metrics``: class-IL, no task ids)."""
     out: dict[str, list[Any]] = {"results": [], "auroc": [], "sources": []}
     for seed in SEEDS:
         src = _domains(seed)
         result = _run(tf.Pipeline("ear-floors").source(src)
                       .learn(tf.EAR(10, seed=seed), name="ear")
-                      .learn(tf.EAR(10, max_experts=1, seed=seed), name="seq"))
+                      .learn(tf.EAR(10, max_experts=1, seed=seed), name="seq")
+                      .learn(tf.EAR(10, max_experts=1, first_expert="adaptor", seed=seed), name="one_adaptor"))
         out["results"].append(result)
         out["sources"].append(src)
         out["auroc"].append(_auroc_before_adapting(seed))
@@ -104,8 +109,8 @@ def test_one_expert_per_domain_and_routing(floors):
         held = src.held_out()
         routing = [float((ear.route(held[d]) == d).mean()) for d in range(4)]
         assert sum(r >= 0.85 for r in routing) >= 3, (seed, routing)
-        seq = result.strategies["seq"]
-        assert len(seq.meta) == 1 and result.summary["seq"]["events_emitted"] == 0
+        for control in ("seq", "one_adaptor"):
+            assert len(result.strategies[control].meta) == 1 and result.summary[control]["events_emitted"] == 0
 
 
 def test_parameters_added_per_domain_within_5_percent_of_the_encoder(floors):
@@ -119,8 +124,30 @@ def test_parameters_added_per_domain_within_5_percent_of_the_encoder(floors):
             assert all(c[2] <= 0.05 * counts["encoder"] for c in record["candidates"])
 
 
+def test_the_one_adaptor_control_is_an_adaptor_of_ears_search_space_trained_on_the_clean_domain(floors):
+    """The control the issue names: one expert, an adaptor (not the encoder's head) that the proxy
+    chose among EAR's candidates within the same budget, and that learned the clean domain before
+    the next one came (measured 0.92 / 0.93 on it then)."""
+    for result in floors["results"]:
+        control = result.strategies["one_adaptor"]
+        (meta,) = control.meta
+        assert meta["depth"] >= 1 and meta["width"] in control.widths, meta
+        assert meta["params"] <= 0.05 * control.parameter_counts()["encoder"]
+        (record,) = control.growth_log
+        assert record["expert"] == 0 and record["chosen"] == [meta["width"], meta["depth"], meta["params"]]
+        assert result.cl_metrics["one_adaptor"].matrix[0][0] >= 0.85, result.cl_metrics["one_adaptor"].matrix
+
+
+def test_mean_final_accuracy_twice_sequential_fine_tuning_of_one_adaptor(floors):
+    """The issue's floor. Measured (seeds 0, 1): EAR 0.812 / 0.809, one adaptor fine-tuned in turn
+    0.188 / 0.298 (3.33 x; seeds 0-4: 2.51 to 4.32 x)."""
+    ear, control = _mean(floors["results"], "ear"), _mean(floors["results"], "one_adaptor")
+    assert ear >= 2 * control, (ear, control)
+
+
 def test_mean_final_accuracy_well_above_sequential_fine_tuning(floors):
-    """Measured (seeds 0, 1): EAR 0.812 / 0.809, the sequential baseline 0.457 / 0.397."""
+    """The second control, the encoder's head fine-tuned in turn. Measured (seeds 0, 1): EAR
+    0.812 / 0.809, the head 0.457 / 0.397."""
     ear, seq = _mean(floors["results"], "ear"), _mean(floors["results"], "seq")
     assert ear >= 1.75 * seq and ear >= 0.75, (ear, seq)
     for result in floors["results"]:
@@ -128,12 +155,11 @@ def test_mean_final_accuracy_well_above_sequential_fine_tuning(floors):
         assert min(final) >= 0.55, final  # every domain kept, none traded for another
 
 
-@pytest.mark.xfail(strict=True, reason="measured under the protocol: EAR 0.811 vs sequential fine-tuning 0.427 "
-                   "(seeds 0-1; 1.90 x; seeds 0-4: 1.78 to 2.04 x). The baseline keeps 0.40-0.46 on the clean "
-                   "domain (flipped + noisy digits share much of its features), and adaptors trained offline for "
-                   "100 epochs on each domain's frozen features reach 0.89 on average: 2 x is out of reach here "
-                   "(docs/methods/ear.md)")
-def test_mean_final_accuracy_twice_sequential_fine_tuning(floors):
+@pytest.mark.xfail(strict=True, reason="not the issue's floor (its control is one adaptor, above): against the "
+                   "second control, the encoder's head fine-tuned in turn, EAR 0.811 vs 0.427 (seeds 0-1; 1.90 x; "
+                   "seeds 0-4: 1.78 to 2.04 x). The head keeps 0.40-0.46 on the clean domain (flipped + noisy "
+                   "digits share much of its features) and 0.73-0.80 on the last (docs/methods/ear.md)")
+def test_mean_final_accuracy_twice_head_only_fine_tuning(floors):
     assert _mean(floors["results"], "ear") >= 2 * _mean(floors["results"], "seq")
 
 
@@ -199,6 +225,37 @@ def test_snapshot_mid_domain_restores_exactly_through_a_sealed_checkpoint():
     _feed(twin, batches[cut:])
     assert np.array_equal(twin.predict_scores(held).scores, original.predict_scores(held).scores)
     assert_same(twin.snapshot(), original.snapshot(), "snapshot after learning on")
+
+
+def test_an_adaptor_as_expert_0_trains_like_a_grown_expert_and_restores_mid_first_task():
+    """``first_expert="adaptor"``: at the freeze, the adaptor makes the passes a grown expert would
+    have made had the first task's batches come after it (5 passes over the rows so far, batch by
+    batch), counted in the next report; a snapshot taken before the freeze, while the encoder
+    learns, holds the batches the window's rows came in, so the twin grows and trains the same."""
+    src = _domains(2)
+    batches = list(src)
+    first = [b for b in batches if b.last_offset < src.plan.ends[0]]
+    assert first[-1].end_of_task and len(first) > 3
+    original = tf.EAR(10, max_experts=1, first_expert="adaptor", seed=2)
+    original.bind(src.schema())
+    _feed(original, batches[:3])
+    twin = tf.EAR(10, max_experts=1, first_expert="adaptor", seed=2)
+    twin.bind(src.schema())
+    twin.restore(unseal(seal(original.snapshot())))
+    reports = {}
+    for name, ear in (("original", original), ("twin", twin)):
+        _feed(ear, batches[3:len(first)])
+        assert ear.frozen and ear.meta[0]["depth"] >= 1 and not ear.meta[0]["heads"][0]["open"]
+        reports[name] = ear.learn(batches[len(first)])
+    sizes = np.array([len(b) for b in first])
+    after = len(batches[len(first)])
+    assert reports["original"].extra["train_rows"] == 5 * (np.cumsum(sizes).sum() + after)
+    assert reports["twin"].extra == reports["original"].extra
+    held = tf.Batch.concat(list(src.held_out().values()))
+    assert np.array_equal(twin.predict_scores(held).scores, original.predict_scores(held).scores)
+    assert_same(twin.snapshot(), original.snapshot(), "snapshot after the freeze")
+    with pytest.raises(ValueError, match="first_expert"):
+        tf.EAR(10, first_expert="encoder")
 
 
 def test_bad_rows_are_counted_and_a_wrong_label_type_is_a_clear_error():

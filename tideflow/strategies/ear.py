@@ -7,8 +7,11 @@ HDC space and memories, `tideflow.strategies.ear_core` the networks, search spac
 
 * **Encoder.** ``encoder=(256, 128)``: an MLP on the flattened input, trained with a linear head
   on the first task (until the first task boundary, drift event or ``freeze_after`` batches), then
-  frozen; its head becomes expert 0. ``encoder=None``: the inputs are a frozen encoder's features
-  already (an `ImageStream` with ``encoder="efficientnet-lite0"``); expert 0 grows on the first batch.
+  frozen; its head becomes expert 0 (``first_expert="head"``), or (``"adaptor"``) an adaptor chosen
+  and trained on the first task's rows as a grown expert would have been, batch by batch (its
+  training counts in the next report). ``encoder=None``: the inputs are a frozen encoder's
+  features already (an `ImageStream` with ``encoder="efficientnet-lite0"``); expert 0 grows on
+  the first batch.
 * **Memories** on one shared projection (`HDCSpace`, fitted on the first task: similarities in
   different experts' own feature spaces would not be comparable) of the input and the encoder's
   features side by side, each weighing alike (``hdc_layers``; HDFF fuses layers the same way):
@@ -19,7 +22,8 @@ HDC space and memories, `tideflow.strategies.ear_core` the networks, search spac
   is chosen from ``widths`` x ``depths`` within the budget (``budget`` times the encoder's
   parameters, or ``max_params``) by the zero-shot ``proxy`` on the batch at initialisation, and an
   event (detector ``"EAR"``, value: the share out of distribution) goes to the other learn steps.
-  ``max_experts=1`` is sequential fine-tuning of one adaptor: the baseline.
+  ``max_experts=1``: no growth, expert 0 fine-tuned on every task in turn; with
+  ``first_expert="adaptor"`` (or ``encoder=None``) that is sequential fine-tuning of one adaptor.
 * **Routing.** A row goes to the expert with the highest memory score (``routing="max"``) or the
   highest score above its threshold (``"margin"``); a batch is learned by its rows' majority expert.
 * **Training.** At every batch the expert (before the freeze: the encoder with its head) makes
@@ -61,23 +65,10 @@ from tideflow.stream.events import DriftEvent, TaskBoundary
 from tideflow.stream.hdc import DEFAULT_DIM, HDCMemory, HDCSpace, stored_array
 from tideflow.strategies import torch_core
 from tideflow.strategies.base import ClassScores, SchemaError, StepReport, Strategy, class_labels
-from tideflow.strategies.ear_core import (
-    HDC_LAYERS,
-    HEAD_TEMPERATURE,
-    ROUTINGS,
-    adaptor_params,
-    as_tensors,
-    build_expert,
-    candidates,
-    check_params,
-    choose_adaptor,
-    encode_rows,
-    encoder_network,
-    expert_probs,
-    new_head,
-    plain_meta,
-    train_on_classes,
-)
+from tideflow.strategies.ear_core import (HDC_LAYERS, HEAD_TEMPERATURE, ROUTINGS, adaptor_params, as_tensors,
+                                          candidates, check_params, choose_adaptor, encode_rows, encoder_network,
+                                          expert_optimiser, expert_probs, input_rows, load_expert, new_head,
+                                          plain_meta, routed_probs, train_on_classes, window_sizes)
 
 __all__ = ["EAR", "HDC_LAYERS", "HEAD_TEMPERATURE", "ROUTINGS"]
 
@@ -109,7 +100,9 @@ class EAR(Strategy):
         validate_proxy: when > 0, every growth also trains each candidate for that many steps on
             half the batch and records how the proxy's ranking agrees (Spearman) in
             ``growth_log`` (costs one short training per candidate).
-        max_experts: experts at most (1: one adaptor fine-tuned sequentially).
+        max_experts: experts at most (1: expert 0 fine-tuned sequentially).
+        first_expert: ``"head"``: expert 0 is the encoder's head; ``"adaptor"``: an adaptor of the
+            search space, trained like a grown expert on the first task's rows at the freeze.
         grow_on_drift: a drift event from elsewhere makes the next batch grow an expert.
         routing: ``"max"`` or ``"margin"`` (module docstring).
         hdc_layers: ``"input+features"``: the HDC space fuses the input and the encoder's features
@@ -127,12 +120,14 @@ class EAR(Strategy):
                  freeze_after: int | None = None, dim: int = DEFAULT_DIM, quantile: float = 0.05,
                  window: int = 512, vote: float = 0.25, widths: Sequence[int] = (4, 8, 12, 16, 24, 32),
                  depths: Sequence[int] = (1, 2), budget: float = 0.05, max_params: int | None = None,
-                 proxy: str = "ridge", validate_proxy: int = 0, max_experts: int = 16, grow_on_drift: bool = False,
+                 proxy: str = "ridge", validate_proxy: int = 0, max_experts: int = 16, first_expert: str = "head",
+                 grow_on_drift: bool = False,
                  routing: str = "max", hdc_layers: str = "input+features", epochs: int = 5, minibatch: int = 32, lr: float = 1e-2,
                  encoder_lr: float = 1e-3, seed: int = 0, device: str | None = None, torch_threads: int | None = 1,
                  target: str | None = None, features: list[str] | None = None) -> None:
         check_params(n_classes=n_classes, proxy=proxy, routing=routing, hdc_layers=hdc_layers, encoder=encoder,
                      max_params=max_params, budget=budget, freeze_after=freeze_after, max_experts=max_experts,
+                     first_expert=first_expert,
                      epochs=epochs, minibatch=minibatch, validate_proxy=validate_proxy, vote=vote, widths=widths,
                      depths=depths)
         HDCMemory(max(2, int(dim)), window=window, quantile=quantile)  # checks window and quantile
@@ -143,6 +138,7 @@ class EAR(Strategy):
         self.widths, self.depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
         self.budget, self.max_params, self.proxy, self.validate_proxy = budget, max_params, proxy, int(validate_proxy)
         self.max_experts, self.grow_on_drift, self.routing = int(max_experts), bool(grow_on_drift), routing
+        self.first_expert = first_expert
         self.hdc_layers = hdc_layers
         self.epochs, self.minibatch, self.lr, self.encoder_lr = int(epochs), int(minibatch), float(lr), float(encoder_lr)
         self.seed, self.device, self.torch_threads = int(seed), device, torch_threads
@@ -162,6 +158,8 @@ class EAR(Strategy):
         self.encoder_classes: list[int] = []
         self._window_x: np.ndarray | None = None  # the first task's last rows, while the encoder learns
         self._window_y = np.zeros(0, dtype=np.int64)
+        self._window_sizes: list[int] = []  # the batches those rows came in, oldest first
+        self._pending: dict[str, float] = {}  # compute spent at a freeze outside `learn`: the next report's
         self._space: HDCSpace | None = None
         self._experts: list[Any] = []
         self._optimisers: list[Any] = []
@@ -183,18 +181,9 @@ class EAR(Strategy):
                 "depths": (1,), "max_params": 40, "epochs": 2}
 
     # -- inputs ----------------------------------------------------------------------------
-    def _input_rows(self, batch: Batch) -> np.ndarray:
-        """Inputs as float32: ``(n, *shape)`` images for an encoder factory, else ``(n, d)``."""
-        assert self.features is not None
-        if callable(self.encoder) and len(self.features) == 1:
-            col = batch.numpy(self.features[0])
-            if col.ndim in (3, 4):  # one tensor column of (H, W) or (C, H, W) images
-                x = np.array(col, dtype=np.float32)
-                return x[:, None] if x.ndim == 3 else x
-        return np.array(batch.features(self.features, dtype=np.float32))
-
     def _inputs(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        x = self._input_rows(batch)
+        assert self.features is not None
+        x = input_rows(batch, self.features, images=callable(self.encoder))
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise SchemaError(f"EAR: inputs of shape {tuple(x.shape[1:])}, but the model was built for "
                               f"{self.input_shape} (features {self.features})")
@@ -254,8 +243,8 @@ class EAR(Strategy):
         return encode_rows(self._encoder, x, self._device(), PREDICT_CHUNK)
 
     def _freeze(self, task_ended: bool) -> None:
-        """The encoder stops learning; its head becomes expert 0, whose memory is built from the
-        first task's rows kept in the window."""
+        """The encoder stops learning; its head (or an adaptor, ``first_expert``) becomes expert 0,
+        whose memory is built from the first task's rows kept in the window."""
         if self.frozen or self._encoder is None or self._window_x is None or not len(self._window_x):
             return
         torch = torch_core.use_torch(self.torch_threads)
@@ -266,15 +255,34 @@ class EAR(Strategy):
         rows = self._hdc_rows(self._window_x, f)
         blocks = [rows.shape[1] - f.shape[1], f.shape[1]] if rows.shape[1] > f.shape[1] else None
         self._space = HDCSpace.fit(rows, self.dim, self.seed, blocks=blocks)
-        expert = torch.nn.ModuleDict({"adaptor": torch.nn.Sequential(), "heads": torch.nn.ModuleList([self._head0])})
-        self._add_expert(expert, width=self.feature_dim, depth=0, classes=list(self.encoder_classes), open_=not task_ended)
-        self._memories[0].add(self._space.encode(rows), self._window_y)
-        self._memories[0].calibrate()
-        if not task_ended:  # the first task goes on: expert 0 keeps training on its rows
-            self._train_f[0], self._train_y[0] = f, self._window_y.copy()
+        if self.first_expert == "adaptor":
+            self._first_adaptor(f, self._space.encode(rows), task_ended)
+        else:
+            expert = torch.nn.ModuleDict({"adaptor": torch.nn.Sequential(), "heads": torch.nn.ModuleList([self._head0])})
+            self._add_expert(expert, width=self.feature_dim, depth=0, classes=list(self.encoder_classes),
+                             open_=not task_ended)
+            self._memories[0].add(self._space.encode(rows), self._window_y)
+            self._memories[0].calibrate()
+            if not task_ended:  # the first task goes on: expert 0 keeps training on its rows
+                self._train_f[0], self._train_y[0] = f, self._window_y.copy()
         self.frozen = True
         self._head0, self._encoder_optimiser = None, None
-        self._window_x, self._window_y = None, np.zeros(0, dtype=np.int64)
+        self._window_x, self._window_y, self._window_sizes = None, np.zeros(0, dtype=np.int64), []
+
+    def _first_adaptor(self, f: np.ndarray, h: np.ndarray, task_ended: bool) -> None:
+        """Expert 0 as an adaptor, grown by the proxy on the first batch in the window and trained
+        on the window's batches in arrival order by `_learn_expert`, as a grown expert is: the
+        control then differs from EAR's experts only in being one (the encoder's head is dropped).
+        Its compute waits in ``_pending`` for the next report: a boundary has none of its own."""
+        y, ends = self._window_y, np.cumsum(self._window_sizes)
+        _, flops = self._grow(f[:ends[0]], y[:ends[0]])
+        extra: dict[str, float] = {"train_rows": 0.0, "flops": flops}
+        for start, end in zip([0, *ends[:-1]], ends):  # one open head: nothing is skipped
+            self._learn_expert(0, f[start:end], y[start:end], h[start:end], extra, {})
+        self._pending = {k: self._pending.get(k, 0.0) + v for k, v in extra.items()}
+        if task_ended:  # as at a boundary: the head closes, its rows are not trained on again
+            self.meta[0]["heads"][0]["open"] = False
+            self._train_f[0], self._train_y[0] = self._train_f[0][:0], self._train_y[0][:0]
 
     def _add_expert(self, expert: Any, *, width: int, depth: int, classes: list[int], open_: bool) -> int:
         self._experts.append(expert)
@@ -288,16 +296,7 @@ class EAR(Strategy):
         return len(self._experts) - 1
 
     def _optimiser_for(self, k: int) -> Any:
-        """Adam over what expert ``k`` trains: adaptor and head while it has one head, else the
-        newest head only (older parts frozen)."""
-        import torch
-
-        expert = self._experts[k]
-        single = len(expert["heads"]) == 1
-        for name, p in expert.named_parameters():
-            p.requires_grad_(single or name.startswith(f"heads.{len(expert['heads']) - 1}."))
-        params = list(expert.parameters()) if single else list(expert["heads"][-1].parameters())
-        return torch.optim.Adam(params, lr=self.lr)
+        return expert_optimiser(self._experts[k], self.lr)
 
     def _grow(self, f: np.ndarray, y: np.ndarray) -> tuple[int, float]:
         """A new expert chosen by the proxy on rows ``f``, ``y``; returns its index and the flops spent."""
@@ -345,10 +344,7 @@ class EAR(Strategy):
         scores = self._route_scores(self._memory_scores(h))
         each = np.stack([expert_probs(e, m["heads"], mem, f, h, self.n_classes, self._device())
                          for e, m, mem in zip(self._experts, self.meta, self._memories)])
-        routed = each[scores.argmax(axis=1), np.arange(len(x))]
-        weights = np.exp((scores - scores.max(axis=1, keepdims=True)) / ROUTE_TEMPERATURE)
-        soft = np.einsum("kn,knc->nc", (weights / weights.sum(axis=1, keepdims=True)).T, each)
-        return routed + SOFT_SHARE * soft
+        return routed_probs(each, scores, SOFT_SHARE, ROUTE_TEMPERATURE)
 
     @property
     def classes(self) -> list[int]:
@@ -379,6 +375,9 @@ class EAR(Strategy):
             self._learn_encoder(x, y, extra)
         else:
             self._learn_frozen(batch, x, y, offsets, extra, report)
+        for key, value in self._pending.items():
+            extra[key] = extra.get(key, 0.0) + value
+        self._pending = {}
         self.n_batches += 1
         self.n_learned += len(x)
         report.fits = 1
@@ -393,6 +392,7 @@ class EAR(Strategy):
         assert self._window_x is not None
         self._window_x = np.concatenate([self._window_x, x])[-self.window:]
         self._window_y = np.concatenate([self._window_y, y])[-self.window:]
+        self._window_sizes = window_sizes(self._window_sizes + [len(y)], self.window)
         # the first task's last rows, this batch's included: what the encoder trains on
         net = torch.nn.Sequential(self._encoder, torch.nn.Flatten(), self._head0)
         rows = train_on_classes(net, net, self._window_x, self._window_y, self.encoder_classes, self.n_classes,
@@ -558,7 +558,7 @@ class EAR(Strategy):
             "encoder_classes": list(self.encoder_classes), "meta": plain_meta(self.meta),
             "growth_log": copy.deepcopy(self.growth_log), "n_batches": self.n_batches,
             "n_learned": self.n_learned, "encoder_batches": self.encoder_batches, "reconfigured": self.reconfigured,
-            "drift_events": self.drift_events, "grow_next": self._grow_next,
+            "drift_events": self.drift_events, "grow_next": self._grow_next, "pending": dict(self._pending),
         }
         if self.input_shape is None:
             return state
@@ -569,6 +569,7 @@ class EAR(Strategy):
             state["encoder_optimiser"] = torch_core.optimiser_state(self._encoder_optimiser)
             state["window_x"] = np.array(self._window_x)
             state["window_y"] = self._window_y.copy()
+            state["window_sizes"] = list(self._window_sizes)
         state["space"] = None if self._space is None else self._space.state()
         state["experts"] = [{"net": torch_core.module_state(e), "optimiser": torch_core.optimiser_state(o),
                              "memory": m.state(), "train_f": tf_.copy(), "train_y": ty.copy()}
@@ -583,6 +584,7 @@ class EAR(Strategy):
         for key in ("n_batches", "n_learned", "encoder_batches", "reconfigured", "drift_events"):
             setattr(self, key, int(state[key]))
         self._grow_next = bool(state["grow_next"])
+        self._pending = {str(k): float(v) for k, v in state.get("pending", {}).items()}
         self.encoder_classes = [int(c) for c in state["encoder_classes"]]
         self.growth_log = copy.deepcopy(list(state["growth_log"]))
         if not state["built"]:
@@ -598,6 +600,7 @@ class EAR(Strategy):
             torch_core.load_optimiser_state(self._encoder_optimiser, state["encoder_optimiser"])
             self._window_x = stored_array(state["window_x"], np.float32)
             self._window_y = stored_array(state["window_y"], np.int64)
+            self._window_sizes = [int(n) for n in state.get("window_sizes", [len(self._window_y)])]
         else:
             if self._encoder is not None:
                 self._encoder.eval()
@@ -605,15 +608,12 @@ class EAR(Strategy):
                     p.requires_grad_(False)
             self._head0, self._encoder_optimiser, self._window_x = None, None, None
         self._space = None if state["space"] is None else HDCSpace.from_state(state["space"])
-        device = self._device()
         for meta, part in zip(state["meta"], state["experts"]):
-            expert = build_expert(self.feature_dim, meta["width"], meta["depth"], self.n_classes, 0)
-            for _ in meta["heads"][1:]:
-                expert["heads"].append(new_head(expert, self.n_classes, 0))
-            self._experts.append(torch_core.load_module_state(expert, part["net"]).to(device))
+            expert, memory, f, y = load_expert(meta, part, self.feature_dim, self.n_classes, self._device())
+            self._experts.append(expert)
             self.meta.extend(plain_meta([meta]))
-            self._memories.append(HDCMemory.from_state(part["memory"]))
-            self._train_f.append(stored_array(part["train_f"], np.float32).reshape(-1, self.feature_dim))
-            self._train_y.append(stored_array(part["train_y"], np.int64))
+            self._memories.append(memory)
+            self._train_f.append(f)
+            self._train_y.append(y)
             self._optimisers.append(self._optimiser_for(len(self._experts) - 1))
             torch_core.load_optimiser_state(self._optimisers[-1], part["optimiser"])

@@ -33,15 +33,19 @@ import numpy as np
 
 from tideflow.strategies import torch_core
 
-__all__ = ["HDC_LAYERS", "HEAD_TEMPERATURE", "PROXIES", "ROUTINGS", "check_params", "encode_rows", "adaptor_params", "as_tensors", "build_expert", "candidates",
-           "choose_adaptor", "encoder_network", "expert_probs", "new_head", "plain_meta", "proxy_score", "short_training", "spearman",
-           "train_on_classes"]
+__all__ = ["FIRST_EXPERTS", "HDC_LAYERS", "HEAD_TEMPERATURE", "PROXIES", "ROUTINGS",
+           "adaptor_params", "as_tensors", "build_expert", "candidates", "check_params",
+           "choose_adaptor", "encode_rows", "encoder_network", "expert_optimiser", "expert_probs",
+           "input_rows", "load_expert", "new_head", "plain_meta", "proxy_score", "routed_probs",
+           "short_training", "spearman", "train_on_classes", "window_sizes"]
 
 PROXIES = ("ridge", "erank", "params")
 #: how rows are routed to experts (`tideflow.strategies.ear`)
 ROUTINGS = ("max", "margin")
 #: what the HDC memories see: the encoder's features, or the input and the features fused (HDFF)
 HDC_LAYERS = ("features", "input+features")
+#: what expert 0 is when an encoder is trained on the stream: its own head, or an adaptor grown at the freeze
+FIRST_EXPERTS = ("head", "adaptor")
 #: softmax temperature over a row's HDC similarity to each head's classes (cosines live in [-1, 1])
 HEAD_TEMPERATURE = 0.01
 #: ridge strength of the ``"ridge"`` proxy, relative to the mean squared singular value
@@ -49,13 +53,13 @@ RIDGE = 1e-2
 
 
 def check_params(*, n_classes: int, proxy: str, routing: str, hdc_layers: str, encoder: Any, max_params: Any,
-                 budget: float, freeze_after: Any, max_experts: int, epochs: int, minibatch: int, validate_proxy: int,
-                 vote: float, widths: Sequence[int], depths: Sequence[int]) -> None:
+                 budget: float, freeze_after: Any, max_experts: int, first_expert: str, epochs: int, minibatch: int,
+                 validate_proxy: int, vote: float, widths: Sequence[int], depths: Sequence[int]) -> None:
     """`tideflow.strategies.ear.EAR`'s arguments, each wrong one a ValueError that says what is wanted."""
     if n_classes < 1:
         raise ValueError(f"n_classes must be at least 1, got {n_classes}")
     for name, value, known in (("proxy", proxy, PROXIES), ("routing", routing, ROUTINGS),
-                               ("hdc_layers", hdc_layers, HDC_LAYERS)):
+                               ("hdc_layers", hdc_layers, HDC_LAYERS), ("first_expert", first_expert, FIRST_EXPERTS)):
         if value not in known:
             raise ValueError(f"{name}={value!r}: use one of {known}")
     if encoder is None and max_params is None:
@@ -73,6 +77,27 @@ def check_params(*, n_classes: int, proxy: str, routing: str, hdc_layers: str, e
         raise ValueError("widths and depths must be non-empty lists of numbers >= 1")
 
 
+def input_rows(batch: Any, features: list[str], *, images: bool) -> np.ndarray:
+    """A batch's inputs as float32: ``(n, *shape)`` images when ``images`` (an encoder factory) and
+    the one feature is a tensor column of ``(H, W)`` or ``(C, H, W)`` images, else ``(n, d)``."""
+    if images and len(features) == 1:
+        col = batch.numpy(features[0])
+        if col.ndim in (3, 4):
+            x = np.array(col, dtype=np.float32)
+            return x[:, None] if x.ndim == 3 else x
+    return np.array(batch.features(features, dtype=np.float32))
+
+
+def routed_probs(each: np.ndarray, scores: np.ndarray, soft_share: float, temperature: float) -> np.ndarray:
+    """Scores ``(n, classes)`` from every expert's probabilities ``each`` ``(experts, n, classes)``
+    and the rows' routing scores ``(n, experts)``: the best-scoring expert's probabilities plus
+    ``soft_share`` of all experts' weighed by a softmax of the routing scores at ``temperature``."""
+    routed = each[scores.argmax(axis=1), np.arange(each.shape[1])]
+    weights = np.exp((scores - scores.max(axis=1, keepdims=True)) / temperature)
+    soft = np.einsum("kn,knc->nc", (weights / weights.sum(axis=1, keepdims=True)).T, each)
+    return routed + soft_share * soft
+
+
 def encode_rows(encoder: Any, x: np.ndarray, device: Any, chunk: int) -> np.ndarray:
     """A frozen ``encoder``'s features ``(n, d)`` (float32) of inputs ``x``, ``chunk`` rows a pass,
     in eval mode and without gradients (the encoder's mode is restored)."""
@@ -87,6 +112,19 @@ def encode_rows(encoder: Any, x: np.ndarray, device: Any, chunk: int) -> np.ndar
             out.append(f.reshape(len(f), -1).cpu().numpy())
     encoder.train(was)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def window_sizes(sizes: list[int], window: int) -> list[int]:
+    """The sizes of the batches whose rows the last ``window`` rows are, oldest first (the oldest
+    cut to what of it is left), given every batch's size oldest first: they sum to
+    ``min(window, sum(sizes))``."""
+    out, left = [], int(window)
+    for n in reversed(sizes):
+        if left <= 0:
+            break
+        out.append(min(int(n), left))
+        left -= int(n)
+    return [n for n in reversed(out) if n > 0]
 
 
 def adaptor_params(d: int, width: int, depth: int, n_classes: int) -> int:
@@ -135,6 +173,19 @@ def build_expert(d: int, width: int, depth: int, n_classes: int, seed: int) -> A
         return nn.ModuleDict({"adaptor": nn.Sequential(*layers), "heads": nn.ModuleList([nn.Linear(prev, n_classes)])})
 
     return torch_core.build(make, seed)
+
+
+def expert_optimiser(expert: Any, lr: float) -> Any:
+    """Adam over what ``expert`` trains: adaptor and head while it has one head, else the newest
+    head only (the adaptor and older heads are frozen, so a reconfigurator leaves earlier classes'
+    outputs exactly as they were)."""
+    import torch
+
+    single = len(expert["heads"]) == 1
+    for name, p in expert.named_parameters():
+        p.requires_grad_(single or name.startswith(f"heads.{len(expert['heads']) - 1}."))
+    params = list(expert.parameters()) if single else list(expert["heads"][-1].parameters())
+    return torch.optim.Adam(params, lr=lr)
 
 
 def new_head(expert: Any, n_classes: int, seed: int) -> Any:
@@ -220,6 +271,20 @@ def plain_meta(meta: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"width": int(m["width"]), "depth": int(m["depth"]), "params": int(m["params"]),
              "heads": [{"classes": [int(c) for c in h["classes"]], "open": bool(h["open"])} for h in m["heads"]]}
             for m in meta]
+
+
+def load_expert(meta: dict[str, Any], part: dict[str, Any], d: int, n_classes: int,
+                device: Any) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """An expert rebuilt from its description ``meta`` and its snapshot ``part`` (weights, HDC memory,
+    training rows): the network on ``device``, the memory, the rows' features and labels."""
+    from tideflow.stream.hdc import HDCMemory, stored_array
+
+    expert = build_expert(d, meta["width"], meta["depth"], n_classes, 0)
+    for _ in meta["heads"][1:]:
+        expert["heads"].append(new_head(expert, n_classes, 0))
+    expert = torch_core.load_module_state(expert, part["net"]).to(device)
+    return (expert, HDCMemory.from_state(part["memory"]),
+            stored_array(part["train_f"], np.float32).reshape(-1, d), stored_array(part["train_y"], np.int64))
 
 
 # -- growth ----------------------------------------------------------------------------------
