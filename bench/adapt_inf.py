@@ -37,8 +37,9 @@ full           the whole pool at every point (the upper bound)
 =============  ======================================================================
 
 and the ablations (``--ablations``): each one part of ``adapt`` changed (one cluster, a fixed
-expert per name, top scores instead of coverage sampling, no guard, the proxy model instead
-of the MLP's own, first-layer gradients through torch.func, 5 and 20 clusters).
+expert per name, top scores instead of coverage sampling, the spec's CCS cut at both ends
+instead of ours at the low end only, no guard, the proxy model instead of the MLP's own,
+first-layer gradients through torch.func, 5 and 20 clusters).
 
 A third part follows one selector over a long stream (``--memory-batches``): pool rows, the
 sealed snapshot's bytes and the process's resident memory every 10 batches.
@@ -97,6 +98,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "adapt, expert=grad_norm": {"experts": ("grad_norm",)},
     "adapt, no experts (random in cluster)": {"experts": ()},
     "adapt, top scores (no coverage)": {"coverage": False},
+    # the spec's step 6 and the reference cut both ends; ours keeps the top 5 % by default
+    # (docs/methods/adapt-inf.md): this row is the spec's cut, reported beside ours
+    "adapt, CCS cut at 5 % and 95 % (the spec's)": {"trim": (0.05, 0.05)},
     "adapt, no guard": {"guard": None},
     "adapt, proxy model": {"model": "proxy"},
     "adapt, first-layer gradients": {"layers": ("0.weight",)},

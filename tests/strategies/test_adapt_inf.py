@@ -66,14 +66,19 @@ def floors() -> dict[str, dict[str, float]]:
     return {method: BENCH.mean_of(r) for method, r in runs.items()}
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "does not hold since k-means uses the reference's minibatch of 10240 rows (the whole pool here): "
+    "accuracy 88.0 (Adapt-∞) vs 82.4 (random from the pool) = +5.6 points, the floor is +10 (digits, "
+    "seeds 0 and 1, means; per seed 91.7/84.3 vs 85.5/79.3; with sklearn's default minibatch of 1024 it "
+    "was 93.2 = +10.8; with the pool pruned to a tenth: 93.7 = +11.3)"))
 def test_accuracy_beats_random_selection_from_the_pool_by_10_points(floors):
     assert floors["adapt"]["acc"] >= floors["random"]["acc"] + 10.0, floors
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "does not hold: rare-class accuracy 88.8 (Adapt-∞) vs 66.8 (random from the pool) = +22.0 points, "
-    "the floor is +25 (digits, seeds 0 and 1, means; per seed 90.4/87.1 vs 72.9/60.7; with the pool "
-    "pruned to a tenth: 91.1 = +24.3)"))
+    "does not hold: rare-class accuracy 78.1 (Adapt-∞) vs 66.8 (random from the pool) = +11.3 points, "
+    "the floor is +25 (digits, seeds 0 and 1, means; per seed 85.5/70.6 vs 72.9/60.7; with sklearn's "
+    "default k-means minibatch it was 88.8 = +22.0; with the pool pruned to a tenth: 91.1 = +24.3)"))
 def test_rare_class_accuracy_beats_random_selection_by_25_points(floors):
     assert floors["adapt"]["rare_acc"] >= floors["random"]["rare_acc"] + 25.0, floors
 
@@ -175,6 +180,22 @@ def test_a_long_stream_keeps_the_pool_and_its_snapshot_within_budget():
     assert max(sizes[40:]) <= 1.05 * sizes[full], (sizes[full], max(sizes[40:]))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "the engine sums every select.<key> of a run into the summary's extra "
+    "(tideflow/pipelines/evaluation.add_extra, called by learn_step._learn and the collector); "
+    "select.pool is a level: the summary must keep its last value (a change under tideflow/pipelines/, "
+    "handed on; drop this mark when it lands)"))
+def test_the_run_summary_reports_the_pools_last_size_not_its_sum():
+    batches, schema = _blobs(12)
+    sel = AdaptInfinity(budget=20, pool_size=100, every=3, clusters=2, projection_dim=8, proxy_epochs=1)
+    result = (tf.Pipeline("pool-level").source(tf.MemorySource(batches, schema))
+              .learn(tf.RiverStrategy(naive_bayes.GaussianNB()), name="nb", select=sel)
+              .run(tracking=False, progress=False))
+    levels = [rec["extra"]["select.pool"] for rec in result.per_batch["nb"]]
+    assert levels[-1] == 100.0 and levels[0] == 40.0  # per batch: the level after the call
+    assert result.summary["nb"]["extra"]["select.pool"] == levels[-1], levels
+
+
 @pytest.mark.parametrize("scorer", ["strategy", "proxy"])
 def test_snapshot_restore_mid_stream_selects_the_same_rows(scorer):
     """A selector restored from a sealed snapshot at batch 9 selects, reports and prunes exactly
@@ -262,6 +283,23 @@ def test_the_expert_choice_bins_on_the_standardised_scale():
     assert core.histogram_entropy(peaked) < 0.1 < core.histogram_entropy(spread)
     assert core.choose_expert({"flat": np.ones(500), "peaked": peaked, "loss": 1e-6 * spread}) == "loss"
     assert core.choose_expert({"a": np.ones(5), "b": np.ones(5)}) == "a"  # ties: the first
+    # as in the reference, scores beyond the binned +-4 standard deviations are not counted: ten
+    # far outliers over a bulk that one bin holds do not make the histogram look spread out
+    flat_bulk = np.concatenate([rng.uniform(0.0, 1.0, 1000), np.full(10, 1e6)])
+    assert core.histogram_entropy(flat_bulk) == 0.0
+    assert core.choose_expert({"outliers": flat_bulk, "spread": 1e-9 * spread + 1.0}) == "spread"
+
+
+def test_pseudo_skills_are_minibatch_kmeans_with_the_references_batch():
+    """The reference clusters with MiniBatchKMeans(batch_size=10240): a pool of a few thousand
+    rows is clustered from minibatches as large as the pool, not from sklearn's default 1024."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    vectors = core.normalise_rows(np.random.default_rng(0).normal(size=(3000, 16)))
+    labels, centroids = core.pseudo_skills(vectors, 10, seed=4)
+    reference = MiniBatchKMeans(n_clusters=10, random_state=4, n_init=3, batch_size=10240, max_iter=100)
+    assert labels.tolist() == reference.fit_predict(vectors).tolist()
+    np.testing.assert_allclose(centroids, reference.cluster_centers_, atol=1e-6)
 
 
 def test_budgets_are_equal_with_the_remainder_redistributed():

@@ -11,8 +11,10 @@ its own. What each keeps:
 * `histogram_entropy` / `choose_expert`: the entropy of a score histogram is measured on the
   **standardised** scale (z-scores binned over a fixed ``[-span, span]``), so that it says how
   spread out the scores are, not how large their unit is (the reference bins at multiples of
-  the raw standard deviation after standardising: the spec's first pitfall). A constant score
-  has entropy 0 and loses to any expert that tells rows apart.
+  the raw standard deviation after standardising: the spec's first pitfall). As in the
+  reference, a score outside the binned range is not counted (it is not piled into the edge
+  bins): the entropy describes the bulk of the cluster's scores, and a few far outliers cannot
+  raise it. A constant score has entropy 0 and loses to any expert that tells rows apart.
 * `coverage_sample`: coverage-centric sampling; the strata are equal-width intervals of the
   score between two percentiles, each stratum gets an equal quota (`water_fill`), rows are
   drawn at random within it. By default only the lowest 5 % are cut: the highest scores of a
@@ -25,7 +27,11 @@ its own. What each keeps:
   ``block x cluster size``.
 * `pseudo_skills`: seeded k-means (scikit-learn's MiniBatchKMeans) on the sample vectors with
   the number of clusters cut to the number of distinct vectors, so k-means is never asked for
-  more clusters than it can fill; clusters it still leaves empty simply get no rows.
+  more clusters than it can fill; clusters it still leaves empty simply get no rows. Its
+  minibatches hold `KMEANS_BATCH` rows, the reference's setting: a pool up to that size is
+  clustered on all of its rows at every step (sklearn's default of 1024 would fit a few
+  thousand rows from samples, a noisier clustering the spec does not ask for), and a larger
+  pool still costs bounded memory per step.
 * `rademacher`: the random projection of the sample vectors, generated in fixed row chunks
   from the seed, so that any width of gradient is projected with bounded memory and the same
   seed gives the same matrix in every process.
@@ -42,6 +48,8 @@ import numpy as np
 EXPERTS = ("loss", "el2n", "entropy", "grad_norm", "grounding")
 #: rows of the projection matrix generated from one seed draw (memory bound of `rademacher`)
 PROJECTION_CHUNK = 4096
+#: rows per MiniBatchKMeans step (the reference's ``batch_size``; module docstring)
+KMEANS_BATCH = 10240
 
 
 def water_fill(sizes: Any, budget: int) -> np.ndarray:
@@ -66,7 +74,8 @@ def water_fill(sizes: Any, budget: int) -> np.ndarray:
 
 
 def histogram_entropy(scores: np.ndarray, bins: int = 50, span: float = 4.0) -> float:
-    """Shannon entropy (nats) of the histogram of the standardised scores over [-span, span]."""
+    """Shannon entropy (nats) of the histogram of the standardised scores over [-span, span]
+    (scores outside that range are not counted)."""
     s = np.asarray(scores, dtype=np.float64)
     s = s[np.isfinite(s)]
     if len(s) < 2:
@@ -74,8 +83,10 @@ def histogram_entropy(scores: np.ndarray, bins: int = 50, span: float = 4.0) -> 
     std = s.std()
     if not std > 0:
         return 0.0
-    z = np.clip((s - s.mean()) / std, -span, span)
+    z = (s - s.mean()) / std  # np.histogram leaves out values outside the range (module docstring)
     hist = np.histogram(z, bins=bins, range=(-span, span))[0].astype(np.float64)
+    if not hist.sum() > 0:
+        return 0.0
     p = hist[hist > 0] / hist.sum()
     return float(-(p * np.log(p)).sum())
 
@@ -170,7 +181,7 @@ def pseudo_skills(vectors: np.ndarray, k: int, seed: int,
 
     warm = init is not None and init.shape == (k_eff, vectors.shape[1])
     km = MiniBatchKMeans(n_clusters=k_eff, random_state=seed, n_init=1 if warm else 3,
-                         init=init if warm else "k-means++", batch_size=min(1024, n), max_iter=100)
+                         init=init if warm else "k-means++", batch_size=min(KMEANS_BATCH, n), max_iter=100)
     # one thread: the clusters (and so the selection) must not depend on the thread count
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "fewer distinct clusters than n_clusters": handled as empty
