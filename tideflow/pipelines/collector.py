@@ -226,9 +226,10 @@ class Collector:
                 record["events_emitted"] = len(res.emitted)
             if res.skipped:
                 record["skipped"] = dict(res.skipped)
-            self._skipped(name, res.skipped)
+                self._skipped(name, res.skipped)
             if res.boundaries:
                 record["task_boundaries"] = len(res.boundaries)
+                self.boundaries[name] += len(res.boundaries)
             self.per_batch[name].append(record)
             self._tasks(name, res)
             for e in res.events:
@@ -236,9 +237,11 @@ class Collector:
                 self.error_events[name] += 1
                 if not replay:
                     self.tracker.log_metrics(name, {"drift_offset": float(e.offset)}, step=seq)
-            self._emitted(name, res.emitted, seq, replay)
-            self.boundaries[name] += len(res.boundaries)
-            self._evaluations(name, res, seq, replay)
+            # (the helpers below are called only when there is something: most batches have none)
+            if res.emitted:
+                self._emitted(name, res.emitted, seq, replay)
+            if res.evaluations:
+                self._evaluations(name, res, seq, replay)
             if self.retain_predictions:
                 self.predictions[name].extend(res.predictions)
             if res.errors:
@@ -304,7 +307,10 @@ class Collector:
             counts[reason] = counts.get(reason, 0) + int(n)
 
     def _tasks(self, name: str, res: LearnResult) -> None:
-        if all(task is None for _, task in res.parts):
+        for _, task in res.parts:
+            if task is not None:
+                break
+        else:  # a stream without tasks
             return
         totals = self.task_totals[name]
         for task, scores in res.by_task().items():

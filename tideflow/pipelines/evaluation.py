@@ -66,7 +66,7 @@ class Scores:
 def combine(parts: dict[tuple[Any, Any], Scores]) -> Scores:
     """The sum of partial scores, in `part_order` (the same on every runner)."""
     total = Scores()
-    for k in sorted(parts, key=part_order):
+    for k in (parts if len(parts) == 1 else sorted(parts, key=part_order)):
         total.add(parts[k])
     return total
 
@@ -86,6 +86,8 @@ def score(problem: str, predictions: Any, truth: np.ndarray) -> tuple[Scores, np
         true = np.array(truth.tolist(), dtype=object)
         wrong = np.array([p is None or p != t for p, t in zip(pred, true)], dtype=float)
         return Scores(n=len(true), correct=int(len(true) - wrong.sum())), wrong
+    if len(truth) == 1:
+        return _score_one(predictions, truth)
     pred = predictions.to_numpy(zero_copy_only=False).astype(np.float64)
     true = truth.astype(np.float64)
     err = pred - true
@@ -94,6 +96,19 @@ def score(problem: str, predictions: Any, truth: np.ndarray) -> tuple[Scores, np
     ape = float((abs_err[nonzero] / np.abs(true[nonzero])).sum())
     return Scores(n=len(err), abs_sum=float(abs_err.sum()), sq_sum=float((err * err).sum()),
                   ape_sum=ape, ape_n=int(nonzero.sum())), abs_err
+
+
+def _score_one(predictions: Any, truth: np.ndarray) -> tuple[Scores, np.ndarray]:
+    """`score` of one row of a regression, in Python floats: the same IEEE operations as the
+    array path (a sum of one value is that value), without a dozen one-element arrays."""
+    p = predictions.to_pylist()[0]
+    pred = float("nan") if p is None else float(p)  # a null prediction is NaN on the array path too
+    true = float(truth[0])
+    err = pred - true
+    abs_err = abs(err)
+    nonzero = true != 0
+    return Scores(n=1, abs_sum=abs_err, sq_sum=err * err, ape_sum=abs_err / abs(true) if nonzero else 0.0,
+                  ape_n=int(nonzero)), np.array([abs_err])
 
 
 def add_extra(total: dict[str, float], more: dict[str, float]) -> None:

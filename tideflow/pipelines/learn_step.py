@@ -185,9 +185,24 @@ class Learner:
         self._pending: deque[tuple[Any, ...]] = deque()
         self._task: Any = None  # the task of the newest row seen (task column)
         self._marked = False  # the previous batch carried the end-of-task mark
-        self._next_offset = 0  # one past the newest row seen
+        self._next = 0  # one past the newest row seen, up to `_newest_batch` (`_next_offset`)
+        self._newest_batch: Batch | None = None
         if key is None:
             self.instances[None] = strategy
+
+    @property
+    def _next_offset(self) -> int:
+        """One past the newest row seen. Read from the newest batch only when asked (an end of
+        task, a snapshot): a batch's last offset goes through an Arrow scalar, a per-batch cost
+        that the batches of a small-batch stream mostly never need."""
+        if self._newest_batch is not None:
+            self._next = int(self._newest_batch.last_offset) + 1  # type: ignore[arg-type]
+            self._newest_batch = None
+        return self._next
+
+    @_next_offset.setter
+    def _next_offset(self, value: int) -> None:
+        self._next, self._newest_batch = value, None
 
     # -- instances ------------------------------------------------------------------
     def _instance(self, k: Any) -> Strategy:
@@ -334,7 +349,7 @@ class Learner:
             self._task = prev
         self._marked = False
         self._enqueue_rows(seq, batch.slice(start) if start else batch)
-        self._next_offset = int(batch.last_offset) + 1
+        self._newest_batch = batch  # `_next_offset` reads its last offset when asked
         if batch.end_of_task:
             self._mark_end(seq, batch)
 

@@ -102,11 +102,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tideflow.stream.batch import Batch
+from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.events import DriftEvent
 from tideflow.stream.state import from_plain, to_plain
 from tideflow.strategies.base import ClassScores, StepReport, Strategy
 from tideflow.strategies.river_per_event import PerEventMixin, errors_of, is_missing
+from tideflow.strategies.river_rows import RowPlan
 
 __all__ = ["DRIFT_POLICIES", "REACT_TO", "RiverStrategy"]
 
@@ -114,9 +115,6 @@ __all__ = ["DRIFT_POLICIES", "REACT_TO", "RiverStrategy"]
 DRIFT_POLICIES = ("background", "reset", "ignore")
 #: which events the policy reacts to
 REACT_TO = ("own", "any")
-
-#: batches of at most this many rows are converted column by column (cheaper for few rows)
-SMALL_BATCH = 32
 
 #: what the strategy counts about drift (snapshotted, module docstring)
 COUNTERS = ("resets", "swaps", "background_starts", "backgrounds_dropped", "events_ignored", "drifts_dismissed")
@@ -138,9 +136,11 @@ class _ErrorRecord:
         self.n = 0
 
     def extend(self, errors: np.ndarray) -> None:
-        self.last.extend(errors.tolist())
-        self.total += float(errors.sum())
-        self.n += len(errors)
+        values = errors.tolist()
+        self.last.extend(values)
+        # numpy's sum of one value is that value: the same total without the array call
+        self.total += values[0] if len(values) == 1 else float(errors.sum())
+        self.n += len(values)
 
     def rose(self) -> bool | None:
         """Whether the last errors are worse than the ones before them (None: too few to tell)."""
@@ -269,46 +269,48 @@ class RiverStrategy(PerEventMixin, Strategy):
     # -- rows ------------------------------------------------------------------------
     def _check_columns(self, batch: Batch, need_target: bool) -> None:
         # the base class's check reads the batch's column names once per column; this one
-        # once per batch, and hands every failure to the base class for its message
+        # once per Arrow schema: a batch with the schema of the last batch that passed (same
+        # columns, same types) passes too; every failure goes to the base class for its message
+        schema = batch.data.schema
+        ok = getattr(self, "_columns_ok", None)  # (schema, features, target, target present)
+        if (ok is not None and (ok[0] is schema or ok[0].equals(schema)) and ok[1] == self.features
+                and ok[2] == self.target and (ok[3] or not need_target)):
+            return
         if self.target is not None and self.features is not None:
-            have = set(batch.data.schema.names)
+            have = set(schema.names)
             if all(f in have for f in self.features) and (not need_target or self.target in have):
+                self._columns_ok = (schema, list(self.features), self.target, self.target in have)
                 return
         super()._check_columns(batch, need_target)
 
     def _rows(self, batch: Batch) -> list[dict[str, Any]]:
-        """The batch's feature rows as River dicts, a missing value's key left out.
+        """The batch's feature rows as River dicts, a missing value's key left out
+        (`tideflow.strategies.river_rows`).
 
         Prequential evaluation predicts and then learns on the same batch: the rows are
         converted once (River's progressive_val_score also hands the same dict to
         predict_one and learn_one). The cache holds the table itself, so an identity match
-        cannot be a recycled id.
+        cannot be a recycled id. The conversion's plan is kept per Arrow schema.
         """
         assert self.features is not None
         cached = getattr(self, "_row_cache", None)
         if cached is not None and cached[0] is batch.data and cached[1] == self.features:
             return cached[2]
-        names = self.features
         data = batch.data
-        if not names:
-            rows: list[dict[str, Any]] = [{} for _ in range(data.num_rows)]
-            columns: list[pa.Array] = []
-        elif data.num_rows <= SMALL_BATCH:
-            # few rows: per-column lists zipped into dicts cost less than a table's to_pylist
-            columns = [data.column(name) for name in names]
-            rows = [dict(zip(names, values)) for values in zip(*[col.to_pylist() for col in columns])]
-        else:
-            table = data.select(names)
-            rows = table.to_pylist()
-            columns = table.columns
-        gaps = [name for name, col in zip(names, columns) if _has_missing(col, rows, name)]
-        if gaps:
-            for row in rows:
-                for name in gaps:
-                    if is_missing(row[name]):
-                        del row[name]
-        self._row_cache = (batch.data, list(self.features), rows)
+        plan = getattr(self, "_plan", None)
+        if not (plan is not None and plan.fits(data.schema, self.features, self.target)):
+            plan = self._plan = RowPlan(data.schema, self.features, self.target)
+        rows, ys = plan.convert(data)
+        self._row_cache = (data, list(self.features), rows, ys, self.target)
         return rows
+
+    def _targets(self, batch: Batch) -> list[Any]:
+        """The batch's target values (None or NaN where missing): from the rows' conversion when
+        it took them along, else from the column."""
+        cached = getattr(self, "_row_cache", None)
+        if cached is not None and cached[0] is batch.data and cached[3] is not None and cached[4] == self.target:
+            return cached[3]
+        return batch.column(self.target).to_pylist()
 
     def _predictions(self, batch: Batch, rows: list[dict[str, Any]]) -> list[Any]:
         """The active model's raw predictions of the batch's rows (None where it has none).
@@ -319,7 +321,7 @@ class RiverStrategy(PerEventMixin, Strategy):
         """
         cached = getattr(self, "_pred_cache", None)
         if (cached is not None and cached[0] == self._version and cached[1] == batch.stream_id
-                and np.array_equal(cached[2], batch.offsets)):
+                and (cached[2] is batch.data or cached[2].column(OFFSET).equals(batch.data.column(OFFSET)))):
             return cached[3]
         return _predict_rows(self._model, rows, batch, "the active model")
 
@@ -332,7 +334,7 @@ class RiverStrategy(PerEventMixin, Strategy):
         assert self.target is not None
         # everything is converted before the first learn_one (module docstring)
         rows = self._rows(batch)
-        ys = batch.column(self.target).to_pylist()
+        ys = self._targets(batch)
         use = [i for i, y in enumerate(ys) if not is_missing(y)]
         per_event = self._per_event_on()
         if per_event:
@@ -432,10 +434,14 @@ class RiverStrategy(PerEventMixin, Strategy):
             predict_one = self._model.predict_one
             preds = [predict_one(x) for x in self._rows(batch)]
             if self.drift_policy != "ignore":
-                self._pred_cache = (self._version, batch.stream_id, batch.offsets.copy(), preds)
+                # the rows themselves (Arrow data does not change): the same table object is the
+                # same rows at once, another one is compared by its offsets
+                self._pred_cache = (self._version, batch.stream_id, batch.data, preds)
         if self.problem == "classification":
             return pa.array(preds)
-        return pa.array([float(p) if p is not None else 0.0 for p in preds], type=pa.float64())
+        # through numpy: the same float64 values, and Arrow takes the array without converting
+        # each Python float (which costs more than the prediction of a small batch)
+        return pa.array(np.array([float(p) if p is not None else 0.0 for p in preds], dtype=np.float64))
 
     def predict_scores(self, batch: Batch) -> ClassScores:
         """River's ``predict_proba_one`` per row; the classes are every label any row has a
@@ -512,8 +518,8 @@ class RiverStrategy(PerEventMixin, Strategy):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         # a batch's rows and predictions are no part of the strategy
-        state.pop("_row_cache", None)
-        state.pop("_pred_cache", None)
+        for name in ("_row_cache", "_pred_cache", "_columns_ok", "_plan"):
+            state.pop(name, None)
         state["_pass"] = None
         state["_scored"] = None
         return state
@@ -573,15 +579,3 @@ def _predict_rows(model: Any, rows: list[dict[str, Any]], batch: Batch, who: str
                 f"RiverStrategy: {who} could not predict the row at offset {int(batch.offsets[i])}, so nothing "
                 f"of the batch was learned: {type(exc).__name__}: {exc}") from exc
     return out
-
-
-def _has_missing(col: pa.Array, rows: list[dict[str, Any]], name: str) -> bool:
-    """Whether a column holds a null, or a NaN if it is a float column (``rows``: the column's
-    values already converted, under ``name``, which few rows are checked in)."""
-    if col.null_count:
-        return True
-    if not pa.types.is_floating(col.type):
-        return False
-    if len(rows) <= SMALL_BATCH:
-        return any(r[name] != r[name] for r in rows)  # NaN is the one value unequal to itself
-    return bool(np.isnan(col.to_numpy(zero_copy_only=False)).any())

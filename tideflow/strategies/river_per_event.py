@@ -51,11 +51,13 @@ __all__: list[str] = []
 def errors_of(problem: str, preds: list[Any], ys: list[Any], use: list[int]) -> np.ndarray:
     """The engine's per-row error of rows ``use``: 0/1 misclassified (no prediction is wrong), or
     the absolute error (no prediction counts as 0.0, as ``predict`` answers it)."""
+    # one list into one array: float() rounds a value to float64 as numpy's conversion does, and
+    # Python's float subtraction and abs are the IEEE operations numpy's are
     if problem == "classification":
-        return np.fromiter((0.0 if preds[i] is not None and preds[i] == ys[i] else 1.0 for i in use),
-                           dtype=np.float64, count=len(use))
-    p = np.fromiter((0.0 if preds[i] is None else preds[i] for i in use), dtype=np.float64, count=len(use))
-    return np.abs(p - np.fromiter((ys[i] for i in use), dtype=np.float64, count=len(use)))
+        return np.array([0.0 if preds[i] is not None and preds[i] == ys[i] else 1.0 for i in use],
+                        dtype=np.float64)
+    return np.array([abs((0.0 if preds[i] is None else float(preds[i])) - float(ys[i])) for i in use],
+                    dtype=np.float64)
 
 
 def is_missing(value: Any) -> bool:
@@ -206,7 +208,7 @@ class PerEventMixin:
             self._stop_per_event("label_delay", batch, done_pass)
             return None
         rows = self._rows(batch)
-        ys = batch.column(self.target).to_pylist()
+        ys = self._targets(batch)  # type: ignore[attr-defined]
         self._pass = self._make_pass(batch, rows, ys)
         self._newest[batch.stream_id] = int(offsets[-1])
         return self._pass_predictions(batch, self._pass)
