@@ -50,8 +50,8 @@ def permuted_digits(seed: int, *, rows_per_task: str = "all", standardize: bool 
     each task's end but carries no task id, which a task-incremental learner needs at test time:
     ``task_column`` adds each row's task (the plan's) as the schema's task role, to the stream
     and to the held-out sets. Pixels unscaled by default (0..16 as scikit-learn ships them): the
-    spec's dense fine-tuning row (72.5 %, BWT -29.6) is approached only so; standardised pixels
-    let dense fine-tuning with task heads forget 4 to 7 points (measured, docs/methods/dst.md)."""
+    spec's dense fine-tuning row (72.5 %, BWT -29.6) is approached only so; with standardised pixels
+    dense fine-tuning with task heads forgets far less (measured, docs/methods/dst.md)."""
     src = tf.ImageStream("digits", split="domain-incremental", domain="permutation", tasks=5, seed=seed,
                          batch_size=100_000, standardize=standardize, rows_per_task=rows_per_task)
     if not task_column:
