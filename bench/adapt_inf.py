@@ -359,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "seconds": entry.pop("seconds", 0.0)}]
         entry["stream_rows"] = sources[seeds[0]].num_rows
         entry["results"].update(results)
-        entry.setdefault("invocations", []).append({"machine": machine, "labels": list(results),
-                                                    "seconds": time.perf_counter() - started})
+        entry["invocations"] = replaced(entry.get("invocations", []), results)
+        entry["invocations"].append({"machine": machine, "labels": list(results),
+                                     "seconds": time.perf_counter() - started})
     if args.memory_batches:
         doc["memory"] = {**memory_run(args.memory_batches), "machine": machine}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -368,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(report(doc))
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
     return 0
+
+
+def replaced(invocations: list[dict[str, Any]], labels: Any) -> list[dict[str, Any]]:
+    """Earlier invocations without the ``labels`` a new run replaces (and without those left
+    empty), so each result names the run that produced it and no other."""
+    out = []
+    for inv in invocations:
+        kept = [label for label in inv["labels"] if label not in labels]
+        if kept:
+            out.append({**inv, "labels": kept})
+    return out
 
 
 def report(doc: dict[str, Any]) -> str:
