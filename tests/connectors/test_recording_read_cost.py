@@ -89,3 +89,39 @@ def test_seek_and_rechunk_keep_the_position_from_offsets_read_once(tmp_path: Pat
     again = RecordingSource(path, batch_size=40)
     again.restore(state)
     assert [b.to_pylist() for b in again.batches()] == [b.to_pylist() for b in rest]
+
+
+def test_a_recording_is_opened_once_for_its_construction_and_first_replay(tmp_path: Path) -> None:
+    """The fixed cost of a replay: the file's stream reader, which reads the schema message
+    and its JSON header, is made once; the first replay reads through the reader the source
+    made when it was constructed, and a later one (or a copy sent elsewhere) opens its own."""
+    import copy
+    import pickle
+
+    written = _batches(3, 40)
+    path = tmp_path / "g.arrows"
+    record(tf.MemorySource(written, SCHEMA), path, progress=False)
+    opens = 0
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal opens
+        code = frame.f_code
+        if event == "call" and code.co_name == "open_stream" and code.co_filename.endswith("pyarrow/ipc.py"):
+            opens += 1
+
+    sys.setprofile(count)
+    try:
+        src = RecordingSource(path)
+        first = list(src.batches())
+    finally:
+        sys.setprofile(None)
+    assert opens == 1  # the reader before this change opened the file twice
+    assert [b.to_pylist() for b in first] == [b.to_pylist() for b in written]
+    # the source keeps no open file beyond its first replay, and copies read on their own
+    src.seek(0)
+    assert [b.to_pylist() for b in src.batches()] == [b.to_pylist() for b in written]
+    for twin in (pickle.loads(pickle.dumps(RecordingSource(path))), copy.deepcopy(RecordingSource(path))):
+        assert twin._opened is None and [len(b) for b in twin.batches()] == [40, 40, 40]
+    closed = RecordingSource(path)
+    closed.close()
+    assert [len(b) for b in closed.batches()] == [40, 40, 40]

@@ -60,7 +60,6 @@ import pyarrow as pa
 from tideflow.connectors.base import Source
 from tideflow.connectors.pacing import Pacer, pace_type_ok
 from tideflow.connectors.recording_format import (
-    EOS,
     FORMAT,
     FORMAT_VERSION,
     LACKS_V1,
@@ -69,10 +68,10 @@ from tideflow.connectors.recording_format import (
     RecordingError,
     Tag,
     batch_arrow_schema,
-    open_stream,
+    open_reader,
     parse_header,
-    parse_tag,
 )
+from tideflow.connectors.recording_read import stored_batches
 from tideflow.connectors.recording_writer import RecordingSink, RecordingWriter
 from tideflow.stream.batch import OFFSET, Batch
 from tideflow.stream.schema import Schema
@@ -91,6 +90,7 @@ __all__ = [
 
 # the pacer's name here before it moved to `pacing`; `tideflow.connectors.weather` imports it
 _Pacer = Pacer
+
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -140,9 +140,14 @@ class RecordingSource(Source):
             raise ValueError(f"speed must be positive, got {speed}")
         self.batch_size = batch_size
         self.speed = speed
-        with open_stream(self.path) as (_, reader, _):
-            self._arrow_schema = reader.schema
-        header = parse_header(self.path, self._arrow_schema)
+        # the reader stays open for the first replay, which then need not open the file again
+        self._opened: tuple[pa.MemoryMappedFile, Any, int] | None = open_reader(self.path)
+        self._arrow_schema = self._opened[1].schema
+        try:
+            header = parse_header(self.path, self._arrow_schema)
+        except RecordingError:
+            self.close()
+            raise
         self.stream_id = header.stream_id
         self._schema = header.schema
         self._metadata = header.metadata
@@ -215,87 +220,12 @@ class RecordingSource(Source):
     # -- low-level reading --------------------------------------------------------
     def _stored(self) -> Iterator[tuple[pa.RecordBatch, Tag, np.ndarray | None]]:
         """Every stored record batch, its tag and (stream batches) its offsets as numpy,
-        checked; raises RecordingError at the first damage.
-
-        The checks are what the writer guarantees, so a violation means the
-        file was damaged or not written by tideflow; the batches before it are
-        still yielded, because they are intact. Stream and held-out batches come
-        with the header's nullability (`batch_arrow_schema`); unlabeled rows as
-        stored (`unlabeled` picks their columns).
-        """
-        tagged = self.format_version >= 2
-        at = self._arrow_schema.get_field_index(OFFSET)  # one offset column (parse_header)
-        with open_stream(self.path) as (mm, reader, size):
-            if not reader.schema.equals(self._arrow_schema, check_metadata=True):
-                raise RecordingError(f"{self.path}: the file changed since it was opened")
-            last: int | None = None
-            in_stream = False
-            known: dict[bytes, Tag] = {}  # a stream batch's tag is one of two: parsed once
-            end_of_good = mm.tell()
-            n = 0
-            while True:
-                try:
-                    rb, custom = reader.read_next_batch_with_custom_metadata()
-                except StopIteration:
-                    break
-                except (pa.ArrowException, OSError) as exc:
-                    raise RecordingError(
-                        f"{self.path}: damaged after {n} complete batches "
-                        f"(byte {end_of_good} of {size}): {exc}"
-                    ) from None
-                try:
-                    rb.validate()
-                except (pa.ArrowException, ValueError) as exc:
-                    raise RecordingError(f"{self.path}: batch {n} is corrupt: {exc}") from None
-                if tagged:
-                    raw = custom.get(METADATA_KEY) if custom is not None else None
-                    tag = known.get(raw) if raw is not None else None
-                    if tag is None:
-                        tag = parse_tag(self.path, n, raw)
-                        if tag.part == "stream":
-                            known[raw] = tag  # type: ignore[index]
-                else:
-                    tag = Tag()
-                col = rb.column(at)
-                if col.null_count:
-                    raise RecordingError(f"{self.path}: batch {n} has null offsets")
-                offs = None
-                if tag.part == "stream":
-                    in_stream = True
-                    offs = col.to_numpy()  # int64 without nulls: a view of the mapped file
-                    if len(offs):
-                        # strictly rising within the batch and past the batch before: what
-                        # seek's bisection over batches and rows relies on
-                        back = last is not None and offs[0] <= last
-                        if back or np.count_nonzero(offs[1:] <= offs[:-1]):
-                            raise RecordingError(
-                                f"{self.path}: offsets do not increase strictly in batch {n}"
-                            )
-                        last = int(offs[-1])
-                elif in_stream:
-                    raise RecordingError(
-                        f"{self.path}: batch {n} ({tag.part}) follows the stream's batches; "
-                        f"a recording keeps its held-out and unlabeled rows ahead of them"
-                    )
-                if self._relabel and tag.part != "unlabeled":
-                    # null counts are in the message header: this reads no column data
-                    for i in self._null_checks:
-                        if rb.column(i).null_count:
-                            raise RecordingError(
-                                f"{self.path}: batch {n} ({tag.part}): column "
-                                f"{rb.schema.field(i).name!r} is not nullable but holds nulls"
-                            )
-                    rb = pa.RecordBatch.from_arrays(rb.columns, schema=self._batch_schema)
-                end_of_good = mm.tell()
-                n += 1
-                yield rb, tag, offs
-            # A clean end of the reader is not proof of a complete file: a cut
-            # that removes exactly the end-of-stream marker also reads as the end.
-            if size - end_of_good != len(EOS) or mm.tell() != size:
-                raise RecordingError(
-                    f"{self.path}: does not end with the end-of-stream marker after {n} complete "
-                    f"batches (truncated, trailing bytes, or the writer was not closed)"
-                )
+        checked; raises RecordingError at the first damage after the intact batches before it
+        (`tideflow.connectors.recording_read`)."""
+        opened, self._opened = self._opened, None
+        return stored_batches(self.path, opened or open_reader(self.path), self._arrow_schema,
+                              self._batch_schema if self._relabel else None, self._null_checks,
+                              tagged=self.format_version >= 2)
 
     def _parts(self) -> Iterator[tuple[pa.RecordBatch, Tag]]:
         """The held-out and unlabeled parts: the batches ahead of the stream's first. Damage
@@ -325,6 +255,16 @@ class RecordingSource(Source):
                 damage = exc
             self._index_cache = (entries, damage)
         return self._index_cache
+
+    def close(self) -> None:
+        """Close the reader kept open since construction (batches handed out stay readable)."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            opened[0].close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # an open map is no part of the source (a copy opens the file when it reads)
+        return {**self.__dict__, "_opened": None}
 
     # -- Source contract ------------------------------------------------------------
     def schema(self) -> Schema:
@@ -485,7 +425,9 @@ class RecordingSource(Source):
             for rb, tag, offs in self._stored():
                 if tag.part != "stream":
                     continue
-                batch = Batch(rb, self.stream_id, tag.end_of_task)
+                # every stream batch is read under the schema `_stored` checked against the
+                # header, whose offset column `parse_header` checked: no check per batch
+                batch = Batch.of_checked_schema(rb, self.stream_id, tag.end_of_task)
                 if not len(offs):  # type: ignore[arg-type]
                     if not tag.end_of_task:
                         continue

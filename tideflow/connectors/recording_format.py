@@ -192,27 +192,29 @@ def parse_header(path: Path, arrow_schema: pa.Schema) -> Header:
     except (ValueError, KeyError, TypeError) as exc:
         raise RecordingError(f"{path}: unreadable tideflow header: {exc}") from None
 
-    if OFFSET not in arrow_schema.names or arrow_schema.field(OFFSET).type != pa.int64():
+    # one pass over the stored fields (each field read from Arrow costs a wrapper object)
+    stored = [(f.name, f.type, f.nullable, f.metadata) for f in arrow_schema]
+    if sum(name == OFFSET for name, *_ in stored) != 1 or arrow_schema.field(OFFSET).type != pa.int64():
         raise RecordingError(f"{path}: recording has no int64 {OFFSET!r} column")
-    data_fields = [f for f in arrow_schema if f.name != OFFSET]
-    if [f.name for f in data_fields] != list(declared):
+    data_fields = [f for f in stored if f[0] != OFFSET]
+    if [f[0] for f in data_fields] != list(declared):
         raise RecordingError(
             f"{path}: header fields {list(declared)} do not match the stored columns "
-            f"{[f.name for f in data_fields]}"
+            f"{[f[0] for f in data_fields]}"
         )
     spec: dict[str, Field] = {}
-    for f in data_fields:
-        if f.metadata and _EXTENSION_NAME_KEY in f.metadata:
+    for name, type_, nullable, fmeta in data_fields:
+        if fmeta and _EXTENSION_NAME_KEY in fmeta:
             # pyarrow hands back the storage type when it does not know an
             # extension; tensors would then silently turn into flat lists.
-            name = f.metadata[_EXTENSION_NAME_KEY].decode(errors="replace")
+            ext = fmeta[_EXTENSION_NAME_KEY].decode(errors="replace")
             raise RecordingError(
-                f"{path}: column {f.name!r} uses Arrow extension type {name!r}, "
+                f"{path}: column {name!r} uses Arrow extension type {ext!r}, "
                 f"which this pyarrow ({pa.__version__}) does not register"
             )
-        d = declared[f.name]
-        spec[f.name] = Field(
-            f.name, f.type, nullable=bool(d.get("nullable", f.nullable)),
+        d = declared[name]
+        spec[name] = Field(
+            name, type_, nullable=bool(d.get("nullable", nullable)),
             allow_nonfinite=bool(d.get("allow_nonfinite", False)),
         )
     try:
@@ -333,11 +335,9 @@ def parse_tag(path: Path, n: int, raw: bytes | None) -> Tag:
 # -- opening a file ------------------------------------------------------------------------
 
 
-@contextmanager
-def open_stream(
-    path: Path,
-) -> Iterator[tuple[pa.MemoryMappedFile, pa.ipc.RecordBatchStreamReader, int]]:
-    """(memory map, stream reader, file size) of a recording, errors named after the file."""
+def open_reader(path: Path) -> tuple[pa.MemoryMappedFile, pa.ipc.RecordBatchStreamReader, int]:
+    """(memory map, stream reader, file size) of a recording, errors named after the file; the
+    caller closes the map (`open_stream` does)."""
     try:
         mm = pa.memory_map(str(path), "r")
     except FileNotFoundError:
@@ -345,16 +345,23 @@ def open_stream(
     except (pa.ArrowException, OSError) as exc:
         raise RecordingError(f"{path}: cannot open recording: {exc}") from None
     try:
-        size = mm.size()
-        try:
-            reader = pa.ipc.open_stream(mm)
-        except (pa.ArrowException, OSError) as exc:
-            raise RecordingError(
-                f"{path}: not a readable Arrow IPC stream "
-                f"(empty, truncated or corrupt header): {exc}"
-            ) from None
+        return mm, pa.ipc.open_stream(mm), mm.size()
+    except (pa.ArrowException, OSError) as exc:
+        mm.close()
+        raise RecordingError(
+            f"{path}: not a readable Arrow IPC stream "
+            f"(empty, truncated or corrupt header): {exc}"
+        ) from None
+
+
+@contextmanager
+def open_stream(
+    path: Path,
+) -> Iterator[tuple[pa.MemoryMappedFile, pa.ipc.RecordBatchStreamReader, int]]:
+    """(memory map, stream reader, file size) of a recording, errors named after the file."""
+    mm, reader, size = open_reader(path)
+    try:
         yield mm, reader, size
     finally:
         # Batches already handed out keep their mapped region alive.
         mm.close()
-

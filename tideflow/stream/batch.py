@@ -100,6 +100,17 @@ class Batch:
         return cls(data, stream_id)
 
     @classmethod
+    def of_checked_schema(cls, data: pa.RecordBatch, stream_id: str, end_of_task: bool = False) -> Batch:
+        """A batch of ``data`` whose schema the caller has already checked to hold an int64
+        ``offset`` column, without checking it again (a recording checks its one schema when
+        it opens the file and reads every batch under it; per batch, the check would be a
+        cost of the order of reading the batch's message from the mapped file)."""
+        batch = object.__new__(cls)
+        # the fields set as the generated __init__ would (a frozen dataclass keeps them in __dict__)
+        batch.__dict__.update(data=data, stream_id=stream_id, end_of_task=end_of_task)
+        return batch
+
+    @classmethod
     def empty(cls, schema: pa.Schema, *, stream_id: str = "stream") -> Batch:
         return cls(pa.RecordBatch.from_pylist([], schema=schema), stream_id)
 
