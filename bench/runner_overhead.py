@@ -39,8 +39,9 @@ Protocol:
   completion time in the driver (``BatchTimes``) minus that stamp: from the source reading
   the event to its prediction being scored and recorded. The table gives p50 and p99 over
   events. On the Ray runner a chained graph (this one) hands batches to the driver in
-  groups that grow for transport up to a few milliseconds (coalescing,
-  ``tideflow/pipelines/runners/ray.py``): throughput against latency at small batches.
+  groups that grow for transport up to ``--max-delay-ms`` (coalescing,
+  ``RayOptions.max_delay_ms``, default 5; 0 turns it off): throughput against latency at
+  small batches.
 * Each measurement is repeated ``--repeats`` times; the table shows medians; every
   repeat is in the JSON.
 
@@ -193,13 +194,14 @@ def run_plain(path: Path, batch_size: int, max_batches: int | None, log: Path | 
 
 
 def run_runner(runner: str, path: Path, batch_size: int, max_batches: int | None, *, out: Path,
-               max_in_flight: int, log: Path | None = None) -> dict[str, Any]:
+               max_in_flight: int, log: Path | None = None, max_delay_ms: float = 5.0) -> dict[str, Any]:
     """One run of the engine; per-batch completion times come from its ``BatchTimes`` observer."""
     pipeline = make_pipeline(path, batch_size, log, max_batches)
     fused = runner != "ray-unfused"
     times = BatchTimes()
     result = pipeline.run(runner=runner.split("-")[0], tracking=False, progress=False, max_batches=max_batches,
-                          output_dir=out, max_in_flight=max_in_flight, ray_fuse_chain=fused, observers=[times])
+                          output_dir=out, max_in_flight=max_in_flight, ray_fuse_chain=fused, observers=[times],
+                          **({"max_delay_ms": max_delay_ms} if runner.startswith("ray") else {}))
     bt = result.metrics[times.name]
     summary = result.summary.get("linear", {})
     return {"rows": result.rows, "seconds": result.seconds, "eps": result.events_per_second,
@@ -236,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="subset of plain,local,ray,ray-unfused (default all; ray-unfused = the Ray runner "
                          "with one actor per data-path step, ray_fuse_chain=False)")
     ap.add_argument("--max-in-flight", type=int, default=4, help="Ray runner backpressure (run_graph default 4)")
+    ap.add_argument("--max-delay-ms", type=float, default=5.0,
+                    help="Ray runner: the coalescing delay bound, RayOptions.max_delay_ms (0: groups of "
+                         "max_in_flight; default 5, the option's default): latency against throughput")
     ap.add_argument("--json", default=str(REPO / "bench" / "results" / "runner_overhead.json"),
                     help="where to write the results (default bench/results/runner_overhead.json)")
     args = ap.parse_args(argv)
@@ -290,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                         rec = run_plain(path, bs, max_batches, log)
                     else:
                         rec = run_runner(runner, path, bs, max_batches, out=tmpdir / f"run{run_no}",
-                                         max_in_flight=args.max_in_flight, log=log)
+                                         max_in_flight=args.max_in_flight, log=log,
+                                         max_delay_ms=args.max_delay_ms)
                         if runner.startswith("ray"):
                             time.sleep(1.0)  # let the killed actors' processes exit before the next timing
                     rec["log"] = log
@@ -395,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {
             "stream": STREAM, "seed": SEED, "events_recorded": args.events, "batch_sizes": batch_sizes,
             "max_batches": args.max_batches, "repeats": args.repeats, "statistic": "median",
-            "max_in_flight": args.max_in_flight, "tracking": False, "progress": False,
+            "max_in_flight": args.max_in_flight, "max_delay_ms": args.max_delay_ms, "tracking": False,
+            "progress": False,
             "steady_state": "events/s over batches after the first max(3, ceil(10%)), from driver-side "
                             "per-batch completion timestamps",
             "ray_eps": "total: rows / RunResult.seconds, actor start-up included; ray.init excluded",
