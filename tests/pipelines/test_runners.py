@@ -325,3 +325,22 @@ def test_one_row_batches_give_progressive_validation_at_a_bounded_cost_per_batch
     assert result.summary["m"]["mae"] == abs_sum / len(rows)
     # the engine before the small-batch work made about 187 such calls per batch on this stream
     assert calls / len(batches) < 160, calls / len(batches)
+
+
+def test_the_summary_keeps_a_selection_pools_newest_size_and_sums_its_counts():
+    """A selection stage's ``pool`` is a level (rows held after that batch): the run's summary
+    keeps its newest value, while counts (``selected``) add up over the run."""
+    from tideflow.testing import KeepAll
+
+    rng = np.random.default_rng(5)
+    schema = tf.Schema({"depth": "float64", "flow": "float64"}, target="flow")
+    batches = [tf.Batch.from_pydict({"depth": rng.random(7), "flow": rng.random(7)}, stream_id="weir",
+                                    first_offset=7 * i) for i in range(5)]
+    result = (tf.Pipeline("weir").source(tf.MemorySource(batches, schema))
+              .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="w", select=KeepAll(every=2))
+              .run(runner="local", tracking=False, progress=False))
+    levels = [rec["extra"]["select.pool"] for rec in result.per_batch["w"]]
+    assert levels == [7.0, 14.0, 21.0, 28.0, 35.0]
+    extra = result.summary["w"]["extra"]
+    assert extra["select.pool"] == 35.0  # the sum (105) would be no size the pool ever had
+    assert extra["select.selected"] == 14.0 + 28.0

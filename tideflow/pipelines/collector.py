@@ -26,6 +26,18 @@ from tideflow.stream.validate import QUARANTINE_SCHEMA
 from tideflow.strategies.base import COMPUTE_EXTRA
 
 
+#: extra fields that are levels (a size at that batch: a selection stage's pool, its non-empty
+#: clusters), not counts: a run's total keeps the newest value, since their sum means nothing
+LEVEL_EXTRA = frozenset({"select.pool", "select.clusters"})
+
+
+def _add_extra(total: dict[str, float], more: dict[str, float]) -> None:
+    """`add_extra`, except that a level (`LEVEL_EXTRA`) takes its newest value."""
+    add_extra(total, more)
+    for k in LEVEL_EXTRA.intersection(more):
+        total[k] = float(more[k])
+
+
 class QuarantineWriter:
     """Appends quarantined rows to an Arrow IPC file in the run's folder (opened on first use)."""
 
@@ -214,7 +226,7 @@ class Collector:
             c["samples"] += res.samples
             c["fits"] += res.fits
             c["train_seconds"] += res.train_seconds
-            add_extra(self.extra[name], res.extra)
+            _add_extra(self.extra[name], res.extra)
             record = {"seq": seq, **batch_scores.metrics(task), "samples": res.samples, "fits": res.fits,
                       "train_seconds": res.train_seconds, "drift_events": len(res.events)}
             if res.extra:
@@ -358,7 +370,7 @@ class Collector:
             c["samples"] += res.samples
             c["fits"] += res.fits
             c["train_seconds"] += res.train_seconds
-            add_extra(self.extra[name], res.extra)
+            _add_extra(self.extra[name], res.extra)
             self._skipped(name, res.skipped)
             self._emitted(name, res.emitted, self.batches, False)
             self.boundaries[name] += len(res.boundaries)
