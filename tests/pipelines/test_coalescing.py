@@ -142,3 +142,18 @@ def test_several_batches_in_one_learner_call_learn_as_one_call_each():
     state = [json.dumps(a.learner.snapshot(), sort_keys=True, default=str) for a in (one, many)]
     assert state[0] == state[1]
     assert one.learner.strategies().drifts_dismissed == many.learner.strategies().drifts_dismissed == 1
+
+
+def test_checkpoints_stay_on_schedule_when_every_group_fills_to_the_due_batch(ray_session, tmp_path):
+    """With a delay bound no stream reaches, each group ends exactly where a checkpoint is due,
+    and the group's last batch is still in flight when the next group comes: the checkpoint
+    there must be completed first, so that the next one is taken where it is due (without
+    that, every checkpoint after the first came a group of max_in_flight batches late)."""
+    result = (tf.Pipeline("meter").source(_one_row_batches(130)).validate()
+              .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="m")
+              .run(runner="ray", tracking=False, progress=False, max_in_flight=2, max_delay_ms=60_000,
+                   checkpoint_every=30, checkpoint_dir=tmp_path / "ckpt"))
+    assert result.rows == 130
+    (history,) = list((tmp_path / "ckpt").rglob("history.jsonl"))
+    seqs = [json.loads(line)["seq"] for line in history.read_text().splitlines()]
+    assert seqs == [29, 59, 89, 119], seqs

@@ -221,6 +221,16 @@ def _drive(ray: Any, actors: Actors, collector: Collector, mailbox: Mailbox, *, 
             break
         group_end = ready[-1][0]
         snap_source = None
+        due_by_count = bool(checkpoint_every) and group_end - last_ckpt >= checkpoint_every
+        if due_by_count and pending_ckpt is not None:
+            # the checkpoint before is still in flight (the last batch of its group stays in
+            # flight until the next group comes): complete it now, so that this one is taken
+            # where it is due rather than a group later
+            while pending_ckpt is not None and inflight:
+                done_ckpt = finalize()
+                if done_ckpt is not None:
+                    yield done_ckpt
+                    last_ckpt_t = time.monotonic()
         due = ((checkpoint_every and group_end - last_ckpt >= checkpoint_every)
                or (checkpoint_every_s and time.monotonic() - last_ckpt_t >= checkpoint_every_s))
         if due and pending_ckpt is None:
