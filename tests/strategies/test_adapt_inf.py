@@ -180,11 +180,6 @@ def test_a_long_stream_keeps_the_pool_and_its_snapshot_within_budget():
     assert max(sizes[40:]) <= 1.05 * sizes[full], (sizes[full], max(sizes[40:]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the engine sums every select.<key> of a run into the summary's extra "
-    "(tideflow/pipelines/evaluation.add_extra, called by learn_step._learn and the collector); "
-    "select.pool is a level: the summary must keep its last value (a change under tideflow/pipelines/, "
-    "handed on; drop this mark when it lands)"))
 def test_the_run_summary_reports_the_pools_last_size_not_its_sum():
     batches, schema = _blobs(12)
     sel = AdaptInfinity(budget=20, pool_size=100, every=3, clusters=2, projection_dim=8, proxy_epochs=1)
