@@ -125,11 +125,11 @@ class FrozenGRU(WindowForecaster):
                  features: list[str] | None = None, window: int = 16, normalisation: str = "global",
                  pretrain_steps: int = 1344, epochs: int = 20, lr: float = 3e-3, hidden: int = 32,
                  minibatch: int = 32, within_batch: str = "observed", seed: int = 0,
-                 torch_threads: int | None = 1) -> None:
+                 torch_threads: int | None = 1, per_event: bool = False) -> None:
         super().__init__(target=target, key=key, features=features, window=window,
                          normalisation=normalisation, pretrain_steps=pretrain_steps, epochs=epochs,
                          lr=lr, hidden=hidden, minibatch=minibatch, within_batch=within_batch,
-                         seed=seed, torch_threads=torch_threads)
+                         seed=seed, torch_threads=torch_threads, per_event=per_event)
 
     def _new_net(self) -> Any:
         return _GRUNet.build(self.hidden)
@@ -157,6 +157,9 @@ class IncrementalRefit(WindowForecaster):
             ``epochs`` epochs (incremental learning in the usual sense, and what lets a
             small B track a shift without forgetting the pattern); False: from scratch
             with new initial weights each time.
+        per_event: each row predicted by the model re-fitted at every due count before it, as
+            with transport batches of one row (`WindowForecaster`; default: re-fits due inside
+            a batch serve the rows after the batch).
         (other arguments: `WindowForecaster`)
     """
 
@@ -165,11 +168,11 @@ class IncrementalRefit(WindowForecaster):
                  pretrain_steps: int = 1344, refit_every: int = 96, refit_window: int | None = None,
                  warm_start: bool = True, epochs: int = 20, lr: float = 3e-3, hidden: int = 64,
                  minibatch: int = 32, within_batch: str = "observed", seed: int = 0,
-                 torch_threads: int | None = 1) -> None:
+                 torch_threads: int | None = 1, per_event: bool = False) -> None:
         super().__init__(target=target, key=key, features=features, window=window,
                          normalisation=normalisation, pretrain_steps=pretrain_steps, epochs=epochs,
                          lr=lr, hidden=hidden, minibatch=minibatch, within_batch=within_batch,
-                         seed=seed, torch_threads=torch_threads)
+                         seed=seed, torch_threads=torch_threads, per_event=per_event)
         if refit_every < 1:
             raise ValueError(f"refit_every must be at least 1, got {refit_every}")
         if refit_window is not None and refit_window <= window:

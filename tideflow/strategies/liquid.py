@@ -142,6 +142,8 @@ class LiquidForecaster(WindowForecaster):
         refit_epochs: epochs of a drift re-fit (default ``epochs``).
         online_finetune, finetune_every, finetune_steps, finetune_samples: the
             fine-tuning variant (defaults W, 5 and 8*W).
+        per_event: each row predicted after the fits (pretraining, drift re-fit, fine-tune)
+            due at the rows before it (`tideflow.strategies.window_forecaster`).
         (other arguments: `tideflow.strategies.window_forecaster.WindowForecaster`)
     """
 
@@ -172,11 +174,12 @@ class LiquidForecaster(WindowForecaster):
         within_batch: str = "observed",
         seed: int = 0,
         torch_threads: int | None = 1,
+        per_event: bool = False,
     ) -> None:
         super().__init__(target=target, key=key, features=features, window=window,
                          normalisation=normalisation, pretrain_steps=pretrain_steps, epochs=epochs,
                          lr=lr, hidden=hidden, minibatch=minibatch, within_batch=within_batch,
-                         seed=seed, torch_threads=torch_threads)
+                         seed=seed, torch_threads=torch_threads, per_event=per_event)
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         if wiring not in WIRINGS:
@@ -331,6 +334,7 @@ class LiquidForecaster(WindowForecaster):
         """The hybrid: schedule a re-fit of every fitted series (only if ``refit_on_drift``)."""
         if not self.refit_on_drift:
             return
+        self._pass = None  # a per-event pass made before the event did not know the re-fit
         for s in self._series.values():
             if s.model is not None and s.drift_at < 0:
                 s.drift_at = s.n

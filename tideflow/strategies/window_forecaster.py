@@ -52,8 +52,12 @@ The setting, common to every forecaster:
   that sample the model is fitted on those samples; samples that arrived in the same
   batch after it are then absorbed by the fitted model. Every later re-fit also
   happens at an exact sample count, on exactly the samples up to it, so the fitted
-  weights never depend on batch boundaries; only predictions for rows of the batch
-  that straddles a fit (predicted before ``learn`` saw it) use the previous model.
+  weights never depend on batch boundaries; by default predictions for rows of the
+  batch that straddles a fit (predicted before ``learn`` saw it) use the previous model.
+* **Per-event learning** (``per_event=True``; default off, so no earlier result
+  changes): every row predicted by the model that has learned the rows before it, as
+  with transport batches of one row, in batches of any size
+  (`tideflow.strategies.window_per_event`).
 * **Normalisation.** ``"global"``: mean and standard deviation of the fit's samples
   (the pretraining data; a re-fit refits them on its own samples). ``"window"``:
   every input window is normalised by its own mean and standard deviation and the
@@ -106,6 +110,7 @@ from tideflow.stream.schema import Schema
 from tideflow.strategies import torch_core
 from tideflow.strategies.base import SchemaError, StepReport, Strategy
 from tideflow.strategies.series import SeriesState, forward_fill, persistence
+from tideflow.strategies.window_per_event import COUNTERS, Pass, per_event_pass
 
 __all__ = ["NORMALISATIONS", "WITHIN_BATCH", "Series", "WindowForecaster"]
 
@@ -179,6 +184,8 @@ class WindowForecaster(Strategy):
         epochs, lr, minibatch: Adam training schedule of every fit.
         hidden: width of the MLP layers / GRU state (liquid networks: CfC backbone).
         within_batch: ``"observed"`` or ``"recursive"`` (module docstring).
+        per_event: predict each row with the model that has learned the rows before it
+            (module docstring); needs ``within_batch="observed"``.
         seed: seeds initial weights and minibatch order (with the series' fit count).
         torch_threads: ``torch.set_num_threads`` value (None leaves it alone).
 
@@ -207,6 +214,7 @@ class WindowForecaster(Strategy):
         within_batch: str = "observed",
         seed: int = 0,
         torch_threads: int | None = 1,
+        per_event: bool = False,
     ) -> None:
         if normalisation not in NORMALISATIONS:
             raise ValueError(
@@ -214,6 +222,9 @@ class WindowForecaster(Strategy):
             )
         if within_batch not in WITHIN_BATCH:
             raise ValueError(f"within_batch must be one of {WITHIN_BATCH}, got {within_batch!r}")
+        if per_event and within_batch != "observed":
+            raise ValueError("per_event=True predicts each row after learning the rows before "
+                             "it, so it needs their observed values: within_batch='observed'")
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         if pretrain_steps <= window:
@@ -231,6 +242,7 @@ class WindowForecaster(Strategy):
         self.within_batch = within_batch
         self.seed = seed
         self.torch_threads = torch_threads
+        self.per_event = bool(per_event)
         self._reset()
 
     def _reset(self) -> None:
@@ -242,6 +254,8 @@ class WindowForecaster(Strategy):
         self.train_seconds = 0.0
         self._target_sum = 0.0
         self._target_count = 0
+        # per_event: the pass ``predict`` made, waiting for ``learn`` of the same rows
+        self._pass: Pass | None = None
 
     # -- schema -------------------------------------------------------------------
     def bind(self, schema: Schema) -> None:
@@ -279,37 +293,51 @@ class WindowForecaster(Strategy):
         assert self.target is not None
         start = time.perf_counter()
         values = batch.numpy(self.target).astype(np.float64)
-        before = (self.fits, self.fit_windows, self.examples)
-        leading = 0
+        before = tuple(getattr(self, name) for name in COUNTERS)
+        done, self._pass = self._pass, None
+        adopted = done is not None and done.covers(batch)
+        leading, seconds = (done.leading, done.seconds) if adopted else (0, 0.0)
         for k, rows in self._groups(batch):
-            series = self._series.get(k)
-            filled = forward_fill(values[rows], series.last if series is not None else None)
-            if series is None or series.last is None:
-                # a series that starts without a value has nothing to carry forward: its leading
-                # missing loads are left out (and counted), never learned as NaN, which would
-                # make every later fit of the series NaN
-                first = int(np.argmax(np.isfinite(filled))) if np.isfinite(filled).any() else len(filled)
-                leading += first
-                filled = filled[first:]
-                if not len(filled):
-                    continue
-            if series is None:
-                series = self._series[k] = Series()
-            self._absorb(series, filled)
+            if adopted and k in done.series:  # the pass learned these rows (module docstring)
+                if done.series[k] is not None:
+                    self._series[k] = done.series[k]
+            else:
+                leading += self._learn_group(self._series, k, values[rows])
+        if adopted:
+            for name, add in zip(COUNTERS, done.counts):
+                setattr(self, name, getattr(self, name) + add)
         finite = values[np.isfinite(values)]
         self._target_sum += float(finite.sum())
         self._target_count += int(len(finite))
         self.n_learned += len(batch)
-        seconds = time.perf_counter() - start
+        # the pass's fitting time is learning time, though spent in ``predict``
+        seconds += time.perf_counter() - start
         self.train_seconds += seconds
-        return StepReport(
-            samples=len(batch),
-            fits=self.fits - before[0],
-            train_seconds=seconds,
-            extra={"fit_windows": float(self.fit_windows - before[1]),
-                   "examples": float(self.examples - before[2])},
-            skipped={"null_target": leading} if leading else {},
-        )
+        extra = {"fit_windows": float(self.fit_windows - before[1]),
+                 "examples": float(self.examples - before[2])}
+        if self.per_event:
+            extra["per_event_rows"] = float(len(batch) if adopted or len(batch) == 1 else 0)
+        return StepReport(samples=len(batch), fits=self.fits - before[0], train_seconds=seconds,
+                          extra=extra, skipped={"null_target": leading} if leading else {})
+
+    def _learn_group(self, store: dict[Any, Series], k: Any, values: np.ndarray) -> int:
+        """Learn one series' values into ``store``; returns the leading missing ones left out."""
+        series = store.get(k)
+        filled = forward_fill(values, series.last if series is not None else None)
+        first = 0
+        if series is None or series.last is None:
+            # a series that starts without a value has nothing to carry forward: its leading
+            # missing loads are left out (and counted), never learned as NaN, which would
+            # make every later fit of the series NaN
+            known = np.isfinite(filled)
+            first = int(np.argmax(known)) if known.any() else len(filled)
+            filled = filled[first:]
+            if not len(filled):
+                return first
+        if series is None:
+            series = store[k] = Series()
+        self._absorb(series, filled)
+        return first
 
     def predict(self, batch: Batch) -> pa.Array:
         if not len(batch):
@@ -317,6 +345,10 @@ class WindowForecaster(Strategy):
         self._check(batch, need_target=False)
         observed = self.within_batch == "observed" and self.target in batch.column_names
         values = batch.numpy(self.target).astype(np.float64) if observed else None
+        if self.per_event and values is not None and len(batch) > 1:
+            if self._pass is None or not self._pass.covers(batch):
+                self._pass = per_event_pass(self, batch, values)
+            return pa.array(self._pass.preds, type=pa.float64())
         out = np.empty(len(batch), dtype=np.float64)
         for k, rows in self._groups(batch):
             series = self._series.get(k)
@@ -367,11 +399,16 @@ class WindowForecaster(Strategy):
     def _fallback(self) -> float:
         return self._target_sum / self._target_count if self._target_count else 0.0
 
-    def _forecast(self, s: Series | None, m: int, seen: np.ndarray | None) -> np.ndarray:
-        """Forecasts of the next ``m`` samples of ``s``; ``seen``: the first m-1, if known."""
+    def _forecast(self, s: Series | None, m: int, seen: np.ndarray | None,
+                  fallback: float | None = None) -> np.ndarray:
+        """Forecasts of the next ``m`` samples of ``s``; ``seen``: the first m-1, if known;
+        ``fallback``: the first forecast of a series with no value (default `_fallback`)."""
         if s is None or s.model is None:
             # persistence: one issue time and m steps ahead, or m issue times one step ahead
-            first = self._fallback() if s is None or s.last is None else s.last
+            if s is None or s.last is None:
+                first = self._fallback() if fallback is None else fallback
+            else:
+                first = s.last
             if seen is None:
                 return persistence(np.array([first]), m)[0]
             return persistence(np.concatenate([[first], seen]), 1)[:, 0]
@@ -489,6 +526,14 @@ class WindowForecaster(Strategy):
             # wall time differs between equal twins: kept below the top level
             "timing": {"train_seconds": self.train_seconds},
         }
+
+    def params(self) -> dict[str, Any]:
+        # per_event only when set: the default leaves every existing graph's parameters, and so
+        # its description and fingerprint (checkpoints hold for the same graph only), unchanged
+        out = super().params()
+        if not self.per_event:
+            out.pop("per_event", None)
+        return out
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
