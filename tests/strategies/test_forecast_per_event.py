@@ -221,3 +221,28 @@ def test_the_switch_is_named_only_when_on_and_needs_observed_rows():
     _stream(f, _cut(_profile(50), 5))
     unlabelled = Batch.from_pydict({"y": [1.0, 2.0, 3.0]}, first_offset=50).select([])
     assert len(f.predict(unlabelled)) == 3
+
+
+def test_with_a_label_delay_learning_is_still_that_of_batches_of_one_row():
+    y = _profile(90)
+    one, f = _refit(), _refit(per_event=True)
+    one.bind(SCHEMA)
+    f.bind(SCHEMA)
+    _stream(one, _cut(y, 1))
+    batches = _cut(y, 6)
+    f.predict(batches[0])
+    for b, nxt in zip(batches, batches[1:] + [None]):
+        if nxt is not None:
+            f.predict(nxt)  # the next rows before these are learned
+        f.learn(b)
+    _same_learning(f, one)
+
+
+def test_per_event_passes_the_check_suite_except_the_unlabelled_prediction():
+    # as for within_batch="observed" (test_forecasting.py): rows read their batch's targets
+    for cls in (IncrementalRefit, LiquidForecaster):
+        params = {**cls._unit_test_params(), "within_batch": "observed", "per_event": True}
+        setup = checks._Setup(cls, params, "regression", 42)
+        for check in checks.STRATEGY_CHECKS:
+            if check is not checks.check_predict_returns_array:
+                check(setup)

@@ -295,7 +295,7 @@ class WindowForecaster(Strategy):
         values = batch.numpy(self.target).astype(np.float64)
         before = tuple(getattr(self, name) for name in COUNTERS)
         done, self._pass = self._pass, None
-        adopted = done is not None and done.covers(batch)
+        adopted = done is not None and done.covers(batch, self.n_learned)
         leading, seconds = (done.leading, done.seconds) if adopted else (0, 0.0)
         for k, rows in self._groups(batch):
             if adopted and k in done.series:  # the pass learned these rows (module docstring)
@@ -346,7 +346,7 @@ class WindowForecaster(Strategy):
         observed = self.within_batch == "observed" and self.target in batch.column_names
         values = batch.numpy(self.target).astype(np.float64) if observed else None
         if self.per_event and values is not None and len(batch) > 1:
-            if self._pass is None or not self._pass.covers(batch):
+            if self._pass is None or not self._pass.covers(batch, self.n_learned):
                 self._pass = per_event_pass(self, batch, values)
             return pa.array(self._pass.preds, type=pa.float64())
         out = np.empty(len(batch), dtype=np.float64)

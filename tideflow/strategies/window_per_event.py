@@ -25,12 +25,15 @@ least where fits are due. The pass leaves the instance as it was (copies, counte
 restored): ``predict`` changes nothing the strategy holds, and predicting the same rows
 again returns the same forecasts. ``learn`` of the same rows (same stream, same offsets)
 adopts the copies and the pass's fit counts instead of fitting again, and counts the
-pass's time as training time; a ``learn`` whose rows were not so predicted learns as
-in the default mode, which reaches the same state because fits happen at exact counts.
+pass's time as training time; a ``learn`` whose rows were not so predicted, or that
+follows another ``learn`` since they were, learns as in the default mode, which reaches
+the same state because fits happen at exact counts.
 
 What it needs, and what stays at batch ends: the rows' targets while the batch is
-predicted (``within_batch="observed"``, required at construction; no label delay); a
-batch without its target column is predicted by the model as it is. A drift *event*
+predicted (``within_batch="observed"``, required at construction) and no label delay:
+with one, the next rows are predicted before the rows before them are learned, so their
+forecasts lack those rows (as in the default mode; learning is not affected). A batch
+without its target column is predicted by the model as it is. A drift *event*
 comes from the engine's detector between batches (it reads a whole batch's errors), so
 it is noticed at a batch end; the re-fit it schedules is due at an exact count after
 that, and only that re-fit is placed per event. An ``on_drift`` between ``predict`` and
@@ -73,20 +76,25 @@ class Pass:
     ``seconds``: the pass's wall time.
     """
 
-    __slots__ = ("stream_id", "offsets", "preds", "series", "leading", "counts", "seconds")
+    __slots__ = ("stream_id", "offsets", "learned", "preds", "series", "leading", "counts",
+                 "seconds")
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, learned: int) -> None:
         self.stream_id = batch.stream_id
         self.offsets = batch.offsets
+        self.learned = learned  # the instance's rows learned when the pass was made
         self.preds = np.empty(len(batch), dtype=np.float64)
         self.series: dict[Any, Any] = {}
         self.leading = 0
         self.counts: tuple[int, ...] = (0,) * len(COUNTERS)
         self.seconds = 0.0
 
-    def covers(self, batch: Batch) -> bool:
-        """Whether ``batch`` holds the rows this pass was made for."""
-        return self.stream_id == batch.stream_id and np.array_equal(self.offsets, batch.offsets)
+    def covers(self, batch: Batch, learned: int) -> bool:
+        """Whether ``batch`` holds the rows this pass was made for, and nothing was learned since
+        (with a label delay the next rows are predicted before these are learned: the copies
+        would then lack the rows learned in between)."""
+        return (self.learned == learned and self.stream_id == batch.stream_id
+                and np.array_equal(self.offsets, batch.offsets))
 
 
 def running_fallback(f: Any, values: np.ndarray) -> np.ndarray:
@@ -104,7 +112,7 @@ def per_event_pass(f: Any, batch: Batch, values: np.ndarray) -> Pass:
     start = time.perf_counter()
     counts = tuple(getattr(f, name) for name in COUNTERS)
     fallback = running_fallback(f, values)
-    done = Pass(batch)
+    done = Pass(batch, f.n_learned)
     try:
         for k, rows in f._groups(batch):
             s = f._series.get(k)
