@@ -84,6 +84,40 @@ def test_a_run_that_scored_fewer_rows_than_it_read_says_so(caplog):
     assert any("scored 250 of the 300 rows" in m and "1 failed batch step" in m for m in caplog.messages)
 
 
+def test_rows_without_a_target_are_left_out_of_the_error_and_counted(caplog, ray_session):
+    """A regression row whose target is null or NaN cannot be scored: before, one such row made
+    the run's MAE, RMSE and MAPE NaN. Now it is predicted, left out of every sum, counted as
+    ``rows_unscored`` and said; the rest score as a stream without those rows would."""
+    schema = tf.Schema({"x": "float64", "y": "float64"}, target="y", nullable=("y",))
+    full = _batches()
+    gaps = {3, 70, 71, 140, 299}  # offsets whose target is missing: null, and NaN at 140
+    batches = []
+    for b in full:
+        y = [None if o in gaps and o != 140 else (float("nan") if o == 140 else v)
+             for o, v in zip(b.offsets.tolist(), b.column("y").to_pylist())]
+        batches.append(tf.Batch.from_pydict({"x": b.column("x").to_pylist(), "y": y}, stream_id="s",
+                                            first_offset=int(b.first_offset)))
+    runs = {}
+    with caplog.at_level(logging.WARNING, logger="tideflow"):
+        for runner in ("local", "ray"):
+            runs[runner] = (tf.Pipeline("gaps").source(tf.MemorySource(batches, schema))
+                            .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="r")
+                            .run(runner=runner, tracking=False, progress=False, keep_predictions=True))
+    s = runs["local"].summary["r"]
+    assert s["rows_unscored"] == len(gaps) and s["rows_scored"] == 300 - len(gaps)
+    assert np.isfinite(s["mae"]) and np.isfinite(s["rmse"]) and np.isfinite(s["mape"])
+    # the MAE over the rows that have a target, from the run's own predictions
+    kept = runs["local"].predictions["r"]
+    known = [(p, t) for o, p, t in zip(kept["offset"], kept["prediction"], kept["truth"]) if o not in gaps]
+    assert len(kept["offset"]) == 300  # every row predicted, those without a target too
+    assert len(known) == 300 - len(gaps)
+    assert s["mae"] == pytest.approx(np.mean([abs(p - t) for p, t in known]), rel=1e-12)
+    assert any("5 predicted without a target to score against" in m for m in caplog.messages)
+    ray_s = runs["ray"].summary["r"]
+    assert {k: ray_s[k] for k in ("rows_scored", "rows_unscored", "mae", "rmse")} == \
+        {k: s[k] for k in ("rows_scored", "rows_unscored", "mae", "rmse")}
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_predictions_go_to_a_file_one_row_per_scored_row(fmt, tmp_path, ray_session):
     schema = tf.Schema({"x": "float64", "k": "string", "y": "float64"}, target="y", key="k")

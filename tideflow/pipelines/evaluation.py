@@ -43,6 +43,9 @@ class Scores:
     correct: int = 0
     ape_sum: float = 0.0  # sum of |error| / |truth| over rows whose truth is not 0
     ape_n: int = 0
+    # regression rows predicted without a truth to score them against (a null or NaN target):
+    # left out of n and of every sum, so one missing value cannot turn a run's MAE into NaN
+    unscored: int = 0
 
     def add(self, other: Scores) -> None:
         self.n += other.n
@@ -51,13 +54,16 @@ class Scores:
         self.correct += other.correct
         self.ape_sum += other.ape_sum
         self.ape_n += other.ape_n
+        self.unscored += other.unscored
 
     def metrics(self, problem: str) -> dict[str, float]:
         if self.n == 0:
-            return {"rows_scored": 0}
+            return {"rows_scored": 0, **({"rows_unscored": self.unscored} if self.unscored else {})}
         if problem == "classification":
             return {"rows_scored": self.n, "accuracy": self.correct / self.n}
         out = {"rows_scored": self.n, "mae": self.abs_sum / self.n, "rmse": math.sqrt(self.sq_sum / self.n)}
+        if self.unscored:
+            out["rows_unscored"] = self.unscored
         if self.ape_n:
             out["mape"] = 100.0 * self.ape_sum / self.ape_n  # percent, rows with a zero truth left out
         return out
@@ -91,11 +97,17 @@ def score(problem: str, predictions: Any, truth: np.ndarray) -> tuple[Scores, np
     pred = predictions.to_numpy(zero_copy_only=False).astype(np.float64)
     true = truth.astype(np.float64)
     err = pred - true
-    abs_err = np.abs(err)
+    abs_err = np.abs(err)  # per row, NaN where there is no truth: detectors skip NaN and count it
+    known = np.isfinite(true)
+    unscored = int(len(true) - known.sum())
+    if unscored:
+        err, true, scored_abs = err[known], true[known], abs_err[known]
+    else:
+        scored_abs = abs_err
     nonzero = true != 0
-    ape = float((abs_err[nonzero] / np.abs(true[nonzero])).sum())
-    return Scores(n=len(err), abs_sum=float(abs_err.sum()), sq_sum=float((err * err).sum()),
-                  ape_sum=ape, ape_n=int(nonzero.sum())), abs_err
+    ape = float((scored_abs[nonzero] / np.abs(true[nonzero])).sum())
+    return Scores(n=len(err), abs_sum=float(scored_abs.sum()), sq_sum=float((err * err).sum()),
+                  ape_sum=ape, ape_n=int(nonzero.sum()), unscored=unscored), abs_err
 
 
 def _score_one(predictions: Any, truth: np.ndarray) -> tuple[Scores, np.ndarray]:
@@ -104,6 +116,8 @@ def _score_one(predictions: Any, truth: np.ndarray) -> tuple[Scores, np.ndarray]
     p = predictions.to_pylist()[0]
     pred = float("nan") if p is None else float(p)  # a null prediction is NaN on the array path too
     true = float(truth[0])
+    if not math.isfinite(true):  # no truth to score against (see `Scores.unscored`)
+        return Scores(unscored=1), np.array([float("nan")])
     err = pred - true
     abs_err = abs(err)
     nonzero = true != 0

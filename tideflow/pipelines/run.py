@@ -265,6 +265,8 @@ def _say_shortfall(result: RunResult) -> None:
         if short <= 0:
             continue
         why = [f"{s['errors']} failed batch step(s)"] if s["errors"] else []
+        if s.get("rows_unscored"):
+            why.append(f"{s['rows_unscored']} predicted without a target to score against")
         why += [f"{n} skipped as {reason}" for reason, n in sorted(s["skipped_rows"].items())]
         s["shortfall"] = short
         logging.getLogger("tideflow").warning(
