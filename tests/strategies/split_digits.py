@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 import tideflow as tf
 
@@ -142,3 +143,18 @@ def split_classes(images: np.ndarray, labels: np.ndarray, *, tasks: int, scenari
         free = tf.Batch.from_pydict({"image": tf.tensor_array(x[np.sort(stream_rows)])},
                                     stream_id=f"{stream_id}-unlabeled", first_offset=0)
     return tf.MemorySource(batches, schema, stream_id=stream_id, held_out=held_out, unlabeled=free)
+
+
+def with_bad_labels(src: tf.MemorySource, bad: dict[int, dict[int, int | None]]) -> tuple[list, list]:
+    """The source's batches with the labels ``bad[batch][row]`` put in, and the same batches with
+    those rows removed instead (a batch whose every row is bad becomes empty): a stream with bad
+    labels and the stream a strategy that skips them should learn exactly as."""
+    dirty, clean = [], []
+    for i, b in enumerate(src.batches_):
+        rows = bad.get(i, {})
+        labels = b.column("label").to_pylist()
+        for r, v in rows.items():
+            labels[r] = v
+        dirty.append(b.with_column("label", pa.array(labels, type=pa.int64())))
+        clean.append(b.filter([r not in rows for r in range(len(b))]))
+    return dirty, clean

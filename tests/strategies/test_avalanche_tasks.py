@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tideflow as tf
-from split_digits import split_classes, split_digits
+from split_digits import split_classes, split_digits, with_bad_labels
 from tideflow.stream.checks import assert_same
 from tideflow.stream.events import TaskBoundary
 from tideflow.stream.state import seal, unseal
@@ -320,14 +320,7 @@ def test_bad_labels_in_task_mode_cost_their_rows_only_through_the_engine():
     x, y = make_classification(n_samples=480, n_features=12, n_informative=8, n_classes=4, random_state=3)
     src = split_classes(x, y, tasks=2, scenario="task", seed=1, batch_size=40)
     bad = {1: {0: 4, 7: None, 30: -1}, 2: {r: 7 for r in range(len(src.batches_[2]))}, 6: {5: None, 11: 40}}
-    dirty, clean = [], []
-    for i, b in enumerate(src.batches_):
-        rows = bad.get(i, {})
-        labels = b.column("label").to_pylist()
-        for r, v in rows.items():
-            labels[r] = v
-        dirty.append(b.with_column("label", pa.array(labels, type=pa.int64())))
-        clean.append(b.filter([r not in rows for r in range(len(b))]))
+    dirty, clean = with_bad_labels(src, bad)
     assert {b.column("task").to_pylist()[0] for b in (src.batches_[1], src.batches_[6])} == {0, 1}
     runs = [_run(tf.MemorySource(bs, src.schema(), held_out=src.held_out()),
                  tf.AvalancheStrategy("EWC", n_classes=4, hidden=16, seed=2, strategy_kwargs={"ewc_lambda": 10.0}))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tideflow as tf
-from split_digits import split_digits
+from split_digits import split_digits, with_bad_labels
 from tideflow.stream.checks import assert_same
 from tideflow.stream.state import seal, unseal
 from tideflow.strategies import torch_core
@@ -89,7 +89,7 @@ def test_the_ray_runner_learns_the_same_model(floors, ray_session):
                           local.strategies["s"].predict_scores(held).scores)
     # bad labels are skipped and counted in the actor as in this process
     src = split_digits("class", seed=0)
-    dirty, _ = _with_bad_labels(src, {1: {0: 12, 5: None}, 6: {3: -1}})
+    dirty, _ = with_bad_labels(src, {1: {0: 12, 5: None}, 6: {3: -1}})
     runs = [run(tf.MemorySource(dirty, src.schema(), held_out=src.held_out(), unlabeled=src.unlabeled()),
                 tf.KeyValueBottleneck(10, codebooks=16, keys=32, init_epochs=3, seed=1)) for run in (_run_ray, _run)]
     assert runs[0].summary["s"]["skipped_rows"] == runs[1].summary["s"]["skipped_rows"] == {
@@ -231,20 +231,6 @@ def test_snapshot_restore_mid_stream_through_a_sealed_checkpoint():
     assert_same(twin.snapshot(), original.snapshot(), "snapshot after learning on")
 
 
-def _with_bad_labels(src: tf.MemorySource, bad: dict[int, dict[int, int | None]]) -> tuple[list, list]:
-    """The source's batches with the labels ``bad[batch][row]`` put in, and the same batches with
-    those rows removed instead (a batch whose every row is bad becomes empty)."""
-    dirty, clean = [], []
-    for i, b in enumerate(src.batches_):
-        rows = bad.get(i, {})
-        labels = b.column("label").to_pylist()
-        for r, v in rows.items():
-            labels[r] = v
-        dirty.append(b.with_column("label", pa.array(labels, type=pa.int64())))
-        clean.append(b.filter([r not in rows for r in range(len(b))]))
-    return dirty, clean
-
-
 def test_bad_labels_cost_their_rows_only_and_are_counted_per_reason():
     """Out-of-range and null labels mixed into good batches (one batch all bad): the good rows are
     learned exactly as a stream without the bad ones (same model, same held-out matrix), every bad
@@ -252,7 +238,7 @@ def test_bad_labels_cost_their_rows_only_and_are_counted_per_reason():
     src = split_digits("class", seed=0)
     n4 = len(src.batches_[4])
     bad = {1: {0: 12, 5: None, 9: -1}, 4: {r: 10 for r in range(n4)}, 7: {3: None, 20: 99}}
-    dirty, clean = _with_bad_labels(src, bad)
+    dirty, clean = with_bad_labels(src, bad)
     runs = [_run(tf.MemorySource(b, src.schema(), held_out=src.held_out(), unlabeled=src.unlabeled()),
                  tf.KeyValueBottleneck(10, codebooks=16, keys=32, init_epochs=3, epochs=2, seed=1))
             for b in (dirty, clean)]
