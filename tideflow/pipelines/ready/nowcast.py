@@ -174,7 +174,7 @@ def _feature_columns(source: Source, schema: Schema, target: str, features: Any)
 
 def build(source: Source | None = None, *, stations: str | None = None, target: str | None = None,
           model: str = "gbm", seed: int | None = None, hours: int | None = None, window: int | None = None,
-          features: Any = None, configs: Any = None) -> Pipeline:
+          features: Any = None, configs: Any = None, implausible: str | None = None) -> Pipeline:
     """The pipeline of one model and one target: the configurations (`configs`) and the two references.
 
     Options:
@@ -190,6 +190,8 @@ def build(source: Source | None = None, *, stations: str | None = None, target: 
             every ratio refers to, and the two references always run)
         stations: weather feed only: stations, ';'-separated (default JFK;LGA)
         hours: weather feed only: grid hours replayed (default: the protocol's)
+        implausible: weather feed only: "keep" (default) or "missing": a value outside its physical
+            range (EWR's 1048 mph wind) emitted as it is or as missing (`WeatherSource`)
 
     Any source with a target (its role, or ``target=``) and, for forecasts by the hour, a time
     role works: with a key role (stations, sensors), one model per key. ``stations`` and
@@ -201,10 +203,11 @@ def build(source: Source | None = None, *, stations: str | None = None, target: 
     if source is None:
         target = target or "temp"
         source = WeatherSource(stations or "JFK;LGA", target=target, neighbours=True,
-                               batch_hours=PROTOCOL["batch_hours"], hours=hours or total_hours())
-    elif stations is not None or hours is not None:
-        raise ValueError("nowcast: stations= and hours= choose the weather feed; with a source of your own "
-                         "they cannot apply (record or filter the rows you want instead)")
+                               batch_hours=PROTOCOL["batch_hours"], hours=hours or total_hours(),
+                               implausible=implausible or "keep")
+    elif stations is not None or hours is not None or implausible is not None:
+        raise ValueError("nowcast: stations=, hours= and implausible= choose the weather feed; with a source "
+                         "of your own they cannot apply (record or filter the rows you want instead)")
     schema = source.schema()
     target = target or schema.target
     if target is None:
@@ -415,13 +418,17 @@ def run_one(station: str, target: str | None, model: str, *, runner: str = "loca
     to run on instead of the weather feed (``station`` is then only the series' label);
     ``options``: more `build` options (``window``, ``features``, ``seed``, ``configs``).
     """
+    implausible = options.pop("implausible", None)
     if source is not None:
         from tideflow.connectors.synthetic import source_from_spec
 
+        if implausible is not None:
+            raise ValueError("nowcast: implausible= chooses how the weather feed emits values; with --source "
+                             "it cannot apply")
         src = source_from_spec(source)
     else:
         src = WeatherSource(station, target=target, neighbours=True, batch_hours=PROTOCOL["batch_hours"],
-                            hours=hours or total_hours())
+                            hours=hours or total_hours(), implausible=implausible or "keep")
     pipeline = build(src, target=target, model=model, **options)
     target = target or src.schema().target
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -475,15 +482,15 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
     for m in models:
         if m not in MODELS:
             raise ValueError(f"unknown nowcast model {m!r}; known: {sorted(MODELS)}")
-    unknown = sorted(set(options) - {"window", "features", "seed", "configs"})
+    unknown = sorted(set(options) - {"window", "features", "seed", "configs", "implausible"})
     if unknown:
-        raise ValueError(f"unknown nowcast comparison option(s) {unknown}; known: window, features, seed, configs "
-                         f"(and stations, targets, models, hours)")
+        raise ValueError(f"unknown nowcast comparison option(s) {unknown}; known: window, features, seed, configs, "
+                         f"implausible (and stations, targets, models, hours)")
     protocol = dict(PROTOCOL)
     if source is not None:
-        if stations or hours:
-            raise ValueError("nowcast: --stations and --hours choose the weather feed; with --source they cannot "
-                             "apply")
+        if stations or hours or "implausible" in options:
+            raise ValueError("nowcast: --stations, --hours and implausible choose the weather feed; with --source "
+                             "they cannot apply")
         from tideflow.connectors.synthetic import source_from_spec
 
         label = Path(source).name if source.endswith(".arrow") else source
@@ -499,6 +506,8 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
         protocol["window"] = int(options["window"])
     if "configs" in options:
         protocol["configs"] = _chosen(options["configs"], int(protocol["window"]))
+    if "implausible" in options:
+        protocol["implausible"] = str(options["implausible"])
     # the results header states the span scored: the protocol's only when its replay ran
     if source is not None:
         protocol["eval_hours"] = None  # a stream of the user's own: scored from each series' first fit on
