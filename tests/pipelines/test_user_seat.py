@@ -226,7 +226,7 @@ def test_nowcast_takes_a_source_of_its_own(tmp_path):
     p = nowcast.build(src, model="gbm", window=48)
     learn = p.build().step("fixed").op
     assert learn.target == "flow" and learn.features == ["level", "rain"]
-    with pytest.raises(ValueError, match="stations= and hours= choose the weather feed"):
+    with pytest.raises(ValueError, match="stations=, hours= and implausible= choose the weather feed"):
         nowcast.build(src, stations="JFK")
     r = p.run(tracking=False, progress=False)
     scores = nowcast.score_run(r)
