@@ -243,3 +243,15 @@ def test_a_second_run_of_a_source_read_to_its_end_says_why_it_got_no_rows(caplog
     assert any("source is at its end (position 300)" in m and "seek(0)" in m for m in caplog.messages)
     src.seek(0)
     assert p.run(tracking=False, progress=False).summary["r"]["rows_scored"] == 300
+
+
+def test_one_row_batches_with_a_missing_target_are_counted_not_fatal():
+    """A one-row batch whose only target is null has a column Arrow types null (its values come
+    out as None): scoring it stopped the run with a TypeError. It is now counted as unscored."""
+    y = [None if i % 9 == 0 else float(i) for i in range(40)]
+    batches = [tf.Batch.from_pydict({"x": [float(i)], "y": [y[i]]}, stream_id="s", first_offset=i) for i in range(40)]
+    schema = tf.Schema({"x": "float64", "y": "float64"}, target="y", nullable=("y",))
+    r = (tf.Pipeline("one").source(tf.MemorySource(batches, schema))
+         .learn(tf.RiverStrategy(linear_model.LinearRegression()), name="r").run(tracking=False, progress=False))
+    s = r.summary["r"]
+    assert s["rows_unscored"] == 5 and s["rows_scored"] == 35 and np.isfinite(s["mae"]) and s["errors"] == 0

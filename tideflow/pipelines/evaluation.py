@@ -95,6 +95,8 @@ def score(problem: str, predictions: Any, truth: np.ndarray) -> tuple[Scores, np
     if len(truth) == 1:
         return _score_one(predictions, truth)
     pred = predictions.to_numpy(zero_copy_only=False).astype(np.float64)
+    if truth.dtype == object:  # a column Arrow typed null (every value missing) comes as None
+        truth = np.array([np.nan if v is None else v for v in truth], dtype=np.float64)
     true = truth.astype(np.float64)
     err = pred - true
     abs_err = np.abs(err)  # per row, NaN where there is no truth: detectors skip NaN and count it
@@ -115,7 +117,8 @@ def _score_one(predictions: Any, truth: np.ndarray) -> tuple[Scores, np.ndarray]
     array path (a sum of one value is that value), without a dozen one-element arrays."""
     p = predictions.to_pylist()[0]
     pred = float("nan") if p is None else float(p)  # a null prediction is NaN on the array path too
-    true = float(truth[0])
+    t = truth[0]
+    true = float("nan") if t is None else float(t)  # a null truth (an all-null column is object)
     if not math.isfinite(true):  # no truth to score against (see `Scores.unscored`)
         return Scores(unscored=1), np.array([float("nan")])
     err = pred - true
