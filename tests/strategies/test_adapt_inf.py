@@ -55,9 +55,11 @@ BENCH = _bench()
 @pytest.fixture(scope="module")
 def floors() -> dict[str, dict[str, float]]:
     """The bench's protocol on digits, seeds 0 and 1 (means): random selection from the pool,
-    Adapt-∞, Adapt-∞ with the pool pruned to a tenth of the stream. The protocol was fixed
+    Adapt-∞, Adapt-∞ with the pool pruned to a tenth of the stream. The stream was fixed
     before these three were compared; docs/methods/adapt-inf.md says which choices fixed it
-    and why (noise on the standardised scale, no task column, every run from the start)."""
+    and why (noise on the standardised scale, no task column, every run from the start), and
+    how the learner's epochs were calibrated on the random row alone (at 50 epochs, our first
+    choice, both gaps miss: the bench's epochs sweep)."""
     runs: dict[str, list[dict[str, Any]]] = {"random": [], "adapt": [], "adapt-pruned": []}
     for seed in (0, 1):
         source = BENCH.redundant_stream(BENCH.load_images("digits", seed), seed)
@@ -66,19 +68,18 @@ def floors() -> dict[str, dict[str, float]]:
     return {method: BENCH.mean_of(r) for method, r in runs.items()}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "does not hold since k-means uses the reference's minibatch of 10240 rows (the whole pool here): "
-    "accuracy 88.0 (Adapt-∞) vs 82.4 (random from the pool) = +5.6 points, the floor is +10 (digits, "
-    "seeds 0 and 1, means; per seed 91.7/84.3 vs 85.5/79.3; with sklearn's default minibatch of 1024 it "
-    "was 93.2 = +10.8; with the pool pruned to a tenth: 93.7 = +11.3)"))
+def test_the_random_row_sits_where_the_specs_does(floors):
+    """The floors are distances from the spec's random row; the learner's epochs were chosen so
+    that ours lands there (the bench's docstring). A change that moves it (the learner, the
+    stream, the random draw) moves every floor with it."""
+    acc, rare = floors["random"]["acc"], floors["random"]["rare_acc"]
+    assert abs(acc - BENCH.SPEC_RANDOM[0]) + abs(rare - BENCH.SPEC_RANDOM[1]) <= 5.0, floors["random"]
+
+
 def test_accuracy_beats_random_selection_from_the_pool_by_10_points(floors):
     assert floors["adapt"]["acc"] >= floors["random"]["acc"] + 10.0, floors
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "does not hold: rare-class accuracy 78.1 (Adapt-∞) vs 66.8 (random from the pool) = +11.3 points, "
-    "the floor is +25 (digits, seeds 0 and 1, means; per seed 85.5/70.6 vs 72.9/60.7; with sklearn's "
-    "default k-means minibatch it was 88.8 = +22.0; with the pool pruned to a tenth: 91.1 = +24.3)"))
 def test_rare_class_accuracy_beats_random_selection_by_25_points(floors):
     assert floors["adapt"]["rare_acc"] >= floors["random"]["rare_acc"] + 25.0, floors
 
