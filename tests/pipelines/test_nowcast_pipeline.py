@@ -232,6 +232,10 @@ def test_pooled_tables_resample_the_same_days_of_every_station(short_run):
     assert "| `vh_budget` vs `fixed80` |" in text and "`vh_budget` vs `fixed100`: MAE [CI]" in text
     # the header gives the runs' own CPU time next to the wall time other jobs stretch
     assert "CPU time of the 2 runs' processes: 5 min in all (2-3 min per run)" in text.splitlines()[0]
+    assert "implausible" not in text.splitlines()[0]
+    # a run with the feed's implausible values emitted as missing says so in its header
+    missing = markdown_table({**doc, "protocol": {**doc["protocol"], "implausible": "missing"}})
+    assert "emitted as missing (`--set implausible=missing`)" in missing.splitlines()[0]
     dumped = dumps(doc)
     assert json.loads(dumped) == json.loads(json.dumps(doc))
     assert "[" + ", ".join(str(x) for x in days["steps"]["fixed"]["n"][0]) + "]" in dumped

@@ -126,6 +126,15 @@ def _cpu_text(doc: dict[str, Any]) -> str:
             f"({min(cpu) / 60:.0f}-{max(cpu) / 60:.0f} min per run).")
 
 
+def _feed_text(protocol: dict[str, Any]) -> str:
+    """The weather feed's non-default handling of implausible values, said in the header (a page
+    must say what data its numbers come from; the protocol records it, the JSON keeps it)."""
+    if protocol.get("implausible") == "missing":
+        return (" Weather feed: values outside their physical range emitted as missing "
+                "(`--set implausible=missing`).")
+    return ""
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
     """The results page: one row per series and configuration (ratios to ``fixed`` with their
     day-block bootstrap intervals), the paired adaptive-vs-shorter-window contrasts, and the
@@ -143,7 +152,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
         "(E x C = MAE ratio x compute ratio). In brackets: the paired day-block bootstrap interval "
         f"({100 * boot['level']:.0f} %, {boot['draws']} draws; the days scored are resampled, the same days for "
         "both configurations). Band: the issue's target for that configuration, at the MAE ratio and at the "
-        "interval's far end." + _cpu_text(doc),
+        "interval's far end." + _cpu_text(doc) + _feed_text(p),
         "",
         "| model | series | config | MAE | MAE at 1/2/3/4/5/6 h | MAE vs fixed [CI] | train rows vs fixed | "
         "fits (vs fixed) | of which max-age | train s vs fixed | E x C rows | E x C seconds | band met |",
