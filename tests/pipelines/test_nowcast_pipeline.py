@@ -123,16 +123,18 @@ def test_ready_pipeline_by_name_validates_and_refuses_unknown_models():
         load_pipeline("nowcast", model="xgb")
 
 
-def test_the_weather_feed_can_emit_implausible_values_as_missing():
-    """EWR's 1048 mph wind (a recording error) reaches the feed's rows unless the pipeline asks
-    for ``implausible="missing"``; a source of one's own refuses the weather-feed option."""
-    p = load_pipeline("nowcast", model="gbm", stations="EWR", target="wind_speed", hours=1100, implausible="missing")
+def test_the_weather_feed_emits_implausible_values_as_missing_unless_kept():
+    """EWR's 1048 mph wind (a recording error) is missing in the feed's rows by default and
+    reaches them with ``implausible="keep"``; a source of one's own refuses the weather-feed option."""
+    p = load_pipeline("nowcast", model="gbm", stations="EWR", target="wind_speed", hours=1100)
     src = p.build().source.op
     assert src.params()["implausible"] == "missing"
     assert [e["value"] for e in src.metadata()["implausible_values"]] == [pytest.approx(1048.36058)]
     assert max(v for b in src for v in b.column("wind_speed").to_pylist() if v is not None) < 100
-    default = load_pipeline("nowcast", model="gbm", stations="EWR", target="wind_speed", hours=1100).build().source.op
-    assert "implausible" not in default.params()
+    kept = load_pipeline("nowcast", model="gbm", stations="EWR", target="wind_speed", hours=1100,
+                         implausible="keep").build().source.op
+    assert "implausible" not in kept.params()
+    assert max(v for b in kept for v in b.column("wind_speed").to_pylist() if v is not None) > 1000
     with pytest.raises(ValueError, match="implausible"):
         build(tf.MemorySource([], tf.Schema({"t": "float64"}, target="t")), implausible="missing")
 
@@ -232,10 +234,12 @@ def test_pooled_tables_resample_the_same_days_of_every_station(short_run):
     assert "| `vh_budget` vs `fixed80` |" in text and "`vh_budget` vs `fixed100`: MAE [CI]" in text
     # the header gives the runs' own CPU time next to the wall time other jobs stretch
     assert "CPU time of the 2 runs' processes: 5 min in all (2-3 min per run)" in text.splitlines()[0]
-    assert "implausible" not in text.splitlines()[0]
-    # a run with the feed's implausible values emitted as missing says so in its header
+    assert "implausible" not in text.splitlines()[0]  # no weather feed named in the protocol
+    # the header says how the weather feed emitted values outside their physical range
     missing = markdown_table({**doc, "protocol": {**doc["protocol"], "implausible": "missing"}})
-    assert "emitted as missing (`--set implausible=missing`)" in missing.splitlines()[0]
+    assert "emitted as missing (the default;" in missing.splitlines()[0]
+    kept = markdown_table({**doc, "protocol": {**doc["protocol"], "implausible": "keep"}})
+    assert "emitted as they are (`--set implausible=keep`)" in kept.splitlines()[0]
     dumped = dumps(doc)
     assert json.loads(dumped) == json.loads(json.dumps(doc))
     assert "[" + ", ".join(str(x) for x in days["steps"]["fixed"]["n"][0]) + "]" in dumped

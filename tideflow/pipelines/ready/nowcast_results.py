@@ -127,11 +127,14 @@ def _cpu_text(doc: dict[str, Any]) -> str:
 
 
 def _feed_text(protocol: dict[str, Any]) -> str:
-    """The weather feed's non-default handling of implausible values, said in the header (a page
-    must say what data its numbers come from; the protocol records it, the JSON keeps it)."""
+    """How the weather feed emitted values outside their physical range, said in the header (a
+    page must say what data its numbers come from; the protocol records it, the JSON keeps it).
+    A protocol without the key is a source of one's own (no such handling)."""
     if protocol.get("implausible") == "missing":
-        return (" Weather feed: values outside their physical range emitted as missing "
-                "(`--set implausible=missing`).")
+        return (" Weather feed: values outside their physical range emitted as missing (the default; "
+                "`--set implausible=keep` emits them as they are).")
+    if protocol.get("implausible") == "keep":
+        return " Weather feed: values outside their physical range emitted as they are (`--set implausible=keep`)."
     return ""
 
 
