@@ -76,6 +76,21 @@ def test_the_random_row_sits_where_the_specs_does(floors):
     assert abs(acc - BENCH.SPEC_RANDOM[0]) + abs(rare - BENCH.SPEC_RANDOM[1]) <= 5.0, floors["random"]
 
 
+def test_the_epochs_sweep_runs_each_method_at_each_epoch_count_and_reports_the_gaps():
+    """The bench's sensitivity sweep (the calibration's evidence): the learner's epochs reach the
+    learner (rows through the net scale with them), and the table gives each gap to random and
+    random's distance to the spec's row."""
+    source = _first_tasks(BENCH.redundant_stream(BENCH.load_images("digits", 0), 0), 2)
+    sw = BENCH.sweep({0: source}, [1, 2], ["random", "adapt"], {"date": "d", "git_commit": "c", "git_dirty": False})
+    rows = {e: {m: r["mean"]["train_rows"] for m, r in row.items()} for e, row in sw["epochs"].items()}
+    assert rows["2"]["random"] == 2 * rows["1"]["random"] > 0 and rows["2"]["adapt"] == 2 * rows["1"]["adapt"]
+    table = "\n".join(BENCH._sweep_table("digits", sw))
+    r, a = sw["epochs"]["1"]["random"]["mean"], sw["epochs"]["1"]["adapt"]["mean"]
+    dist = abs(r["acc"] - BENCH.SPEC_RANDOM[0]) + abs(r["rare_acc"] - BENCH.SPEC_RANDOM[1])
+    assert f"| 1 | {r['acc']:.1f} / {r['rare_acc']:.1f} | {a['acc']:.1f} / {a['rare_acc']:.1f} " \
+           f"| {a['acc'] - r['acc']:+.1f} / {a['rare_acc'] - r['rare_acc']:+.1f} | {dist:.1f} |" in table, table
+
+
 def test_accuracy_beats_random_selection_from_the_pool_by_10_points(floors):
     assert floors["adapt"]["acc"] >= floors["random"]["acc"] + 10.0, floors
 
