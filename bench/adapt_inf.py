@@ -85,7 +85,7 @@ DUPLICATES = 8
 NOISE = 0.1  # standard deviations of each pixel
 BATCH = 250
 MLP = {"hidden": 128, "lr": 0.05, "epochs": 20, "mb_size": 32}
-#: the learner epochs the sweep covers by default (module docstring: the calibration)
+#: the epoch counts the committed sweep ran (`--epochs-sweep 5,10,15,20,25,30,50`; module docstring)
 SWEEP_EPOCHS = (5, 10, 15, 20, 25, 30, 50)
 #: the spec's toy "random from pool" row on digits (acc, rare-class acc), the floors' reference
 SPEC_RANDOM = (76.4, 55.6)

